@@ -1,0 +1,33 @@
+# `make serve`: install everything and serve the default model on 127.0.0.1:8080 (+ TLS on 8443).
+# `make test`:  install everything, then ruff, mypy and pytest.
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALL_INPUTS := pyproject.toml scripts/install.sh scripts/system-deps.sh scripts/constraints.txt
+
+.PHONY: serve test install install-dev lint bench
+
+$(VENV)/.installed: $(INSTALL_INPUTS)
+	scripts/install.sh runtime
+	@touch $@
+
+$(VENV)/.installed-dev: $(INSTALL_INPUTS) tests/js/package.json
+	scripts/install.sh dev
+	npm install --prefix tests/js --no-audit --no-fund --loglevel=error
+	@touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+serve: install
+	$(BIN)/flashlive serve
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: install-dev
+	$(BIN)/python -m benchmarks.rest

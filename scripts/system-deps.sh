@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages flashlive needs, only those missing:
+#   runtime: a C/C++ toolchain and cmake (pip compiles llama.cpp once)
+#   dev:     + Node.js and npm (the JavaScript SDK tests)
+set -euo pipefail
+want=(gcc:gcc g++:g++ make:make cmake:cmake)
+[ "${1:-runtime}" = dev ] && want+=(node:nodejs npm:npm)
+missing=()
+for pair in "${want[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

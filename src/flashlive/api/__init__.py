@@ -1,0 +1,1 @@
+"""Transport only: routes, auth check, error mapping, TLS listeners."""

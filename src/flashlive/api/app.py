@@ -1,0 +1,102 @@
+"""The ASGI application: routes, auth, metrics and error mapping wired together."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from flashlive.api.errors import error_response
+from flashlive.api.metrics import Metrics, MetricsMiddleware
+from flashlive.api.rest import RestApi
+from flashlive.auth import ApiKeys
+from flashlive.errors import FlashliveError, InvalidArgument, NotFound
+from flashlive.generation.service import GenerationService
+from flashlive.models import ModelManager
+
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+class AuthMiddleware:
+    """Every route but /healthz needs a key when keys are configured."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
+        self._app = app
+        self._keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"] not in OPEN_PATHS:
+            try:
+                self._keys.check(presented_key(scope))
+            except FlashliveError as exc:
+                if scope["type"] == "http":
+                    await error_response(exc)(scope, receive, send)
+                else:
+                    await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
+                return
+        await self._app(scope, receive, send)
+
+
+def presented_key(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"x-goog-api-key":
+            return str(value.decode("latin-1"))
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    keys = query.get("key")
+    return keys[0] if keys else None
+
+
+def build_app(
+    *,
+    models: ModelManager,
+    service: GenerationService,
+    keys: ApiKeys,
+    default_model: str,
+    max_request_bytes: int,
+    context_size: int,
+) -> ASGIApp:
+    metrics = Metrics(models)
+    rest = RestApi(
+        models,
+        service,
+        metrics,
+        max_request_bytes=max_request_bytes,
+        context_size=context_size,
+    )
+
+    async def healthz(request: Request) -> Response:
+        if default_model in models.loaded:
+            return JSONResponse({"status": "ok", "models": sorted(models.loaded)})
+        return JSONResponse({"status": "loading", "model": default_model}, status_code=503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"{request.url.path} is not a known route"))
+        if exc.status_code == 405:
+            return error_response(
+                InvalidArgument(f"{request.method} is not allowed on {request.url.path}")
+            )
+        return error_response(InvalidArgument(str(exc.detail)))
+
+    async def unhandled(request: Request, exc: Exception) -> Response:
+        return error_response(exc)
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            *rest.routes(),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: unhandled},
+    )
+    return MetricsMiddleware(AuthMiddleware(app, keys), metrics)

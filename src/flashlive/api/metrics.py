@@ -1,0 +1,108 @@
+"""Prometheus metrics: requests by route and status, time to first token, tokens, engine load."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flashlive.models import ModelManager
+
+_ACTION = re.compile(r"^/v1(?:alpha|beta)?/models/[^/:]+:(\w+)$")
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+
+
+def route_label(method: str, path: str) -> str:
+    """A bounded label for a request path (model ids are not labels here)."""
+    if m := _ACTION.match(path):
+        return m.group(1)
+    if re.match(r"^/v1(?:alpha|beta)?/models/?$", path):
+        return "models.list"
+    if re.match(r"^/v1(?:alpha|beta)?/models/[^/:]+$", path):
+        return "models.get"
+    if path in ("/healthz", "/metrics"):
+        return path[1:]
+    return "other"
+
+
+class _EngineCollector(Collector):
+    def __init__(self, models: ModelManager) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        active = GaugeMetricFamily(
+            "flashlive_generations_active", "Generations running on the engine", labels=["model"]
+        )
+        queued = GaugeMetricFamily(
+            "flashlive_generations_queued", "Generations waiting for the engine", labels=["model"]
+        )
+        loaded = GaugeMetricFamily("flashlive_model_loaded", "1 when loaded", labels=["model"])
+        current = self._models.loaded
+        for spec in self._models.specs:
+            model = current.get(spec.id)
+            active.add_metric([spec.id], model.engine.active if model else 0)
+            queued.add_metric([spec.id], model.engine.queued if model else 0)
+            loaded.add_metric([spec.id], 1 if model else 0)
+        yield from (active, queued, loaded)
+
+
+class Metrics:
+    def __init__(self, models: ModelManager) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "flashlive_requests", "HTTP requests", ["route", "code"], registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "flashlive_request_seconds",
+            "Time to the end of the response",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "flashlive_time_to_first_token_seconds",
+            "From request arrival to the first generated text",
+            ["model", "stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens_generated = Counter(
+            "flashlive_tokens_generated", "Output tokens", ["model"], registry=self.registry
+        )
+        self.prompt_tokens = Counter(
+            "flashlive_prompt_tokens", "Prompt tokens processed", ["model"], registry=self.registry
+        )
+        self.registry.register(_EngineCollector(models))
+
+
+class MetricsMiddleware:
+    """Counts every request by route and status, including those refused before routing."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        route = route_label(scope["method"], scope["path"])
+        status = 500
+        started = time.perf_counter()
+
+        async def send_recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_recording)
+        finally:
+            self._metrics.requests.labels(route, str(status)).inc()
+            self._metrics.request_seconds.labels(route).observe(time.perf_counter() - started)

@@ -1,0 +1,222 @@
+"""REST routes of the Gemini API (v1beta, also answered under v1 and v1alpha)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from flashlive.api.errors import error_response, invalid_from_validation, sse_error
+from flashlive.api.metrics import Metrics
+from flashlive.errors import FlashliveError, InvalidArgument, NotFound, PayloadTooLarge
+from flashlive.generation.service import GenerationService
+from flashlive.models import ModelManager, ModelSpec
+from flashlive.protocol.generate import (
+    CountTokensRequest,
+    GenerateContentRequest,
+    GenerateContentResponse,
+    ListModelsResponse,
+    Model,
+)
+
+W = TypeVar("W", bound=BaseModel)
+VERSIONS = ("v1beta", "v1", "v1alpha")
+SUPPORTED_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+
+
+class RestApi:
+    def __init__(
+        self,
+        models: ModelManager,
+        service: GenerationService,
+        metrics: Metrics,
+        *,
+        max_request_bytes: int,
+        context_size: int,
+    ) -> None:
+        self._models = models
+        self._service = service
+        self._metrics = metrics
+        self._max_bytes = max_request_bytes
+        self._context_size = context_size
+
+    def routes(self) -> list[Route]:
+        routes = []
+        for version in VERSIONS:
+            routes += [
+                Route(f"/{version}/models", self.list_models, methods=["GET"]),
+                Route(
+                    f"/{version}/models/{{name}}", self.model_get_or_call, methods=["GET", "POST"]
+                ),
+            ]
+        return routes
+
+    def _model_resource(self, spec: ModelSpec) -> Model:
+        return Model(
+            name=f"models/{spec.id}",
+            base_model_id=spec.id,
+            version="001",
+            display_name=spec.display_name,
+            description=spec.description,
+            input_token_limit=self._context_size,
+            output_token_limit=self._service.output_token_limit,
+            supported_generation_methods=SUPPORTED_METHODS,
+            temperature=spec.temperature,
+            max_temperature=2.0,
+            top_p=spec.top_p,
+            top_k=spec.top_k,
+        )
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            size = int(request.query_params.get("pageSize") or 50)
+            start = int(request.query_params.get("pageToken") or 0)
+        except ValueError:
+            return error_response(InvalidArgument("pageSize and pageToken must be integers"))
+        if size < 1 or start < 0:
+            return error_response(InvalidArgument("pageSize must be positive"))
+        specs = self._models.specs
+        page = specs[start : start + size]
+        more = start + size < len(specs)
+        body = ListModelsResponse(
+            models=[self._model_resource(s) for s in page],
+            next_page_token=str(start + size) if more else None,
+        )
+        return JSONResponse(body.dump())
+
+    async def model_get_or_call(self, request: Request) -> Response:
+        name: str = request.path_params["name"]
+        model, _, action = name.partition(":")
+        try:
+            if request.method == "GET":
+                if action:
+                    raise NotFound(f"GET is not defined for :{action}")
+                return JSONResponse(self._model_resource(self._models.spec(model)).dump())
+            if action == "generateContent":
+                return await self._generate(request, model)
+            if action == "streamGenerateContent":
+                return await self._stream(request, model)
+            if action == "countTokens":
+                count_request = await _parse(request, CountTokensRequest, self._max_bytes)
+                counted = await self._service.count_tokens(model, count_request)
+                return JSONResponse(counted.dump())
+            raise NotFound(f"method :{action} is not supported on models/{model}")
+        except FlashliveError as exc:
+            return error_response(exc)
+
+    async def _generate(self, request: Request, model: str) -> Response:
+        body = await _parse(request, GenerateContentRequest, self._max_bytes)
+        started = time.perf_counter()
+        task = asyncio.ensure_future(self._service.generate(model, body))
+        left = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+            if not task.done():  # the client went away: stop generating for nobody
+                task.cancel()
+        if task.cancelled():
+            return Response(status_code=499)
+        response = task.result()
+        self._observe(response, started, stream=False)
+        return JSONResponse(response.dump())
+
+    async def _stream(self, request: Request, model: str) -> Response:
+        body = await _parse(request, GenerateContentRequest, self._max_bytes)
+        started = time.perf_counter()
+        sse = request.query_params.get("alt") == "sse"
+        chunks = self._service.stream(model, body)
+        # Prepare before answering 200, so bad requests still get a proper error status.
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:  # pragma: no cover - a stream always ends with a final chunk
+            first = None
+        self._metrics.ttft.labels(model.removeprefix("models/"), "true").observe(
+            time.perf_counter() - started
+        )
+
+        async def stream_events() -> AsyncIterator[bytes]:
+            sent = 0
+            last: GenerateContentResponse | None = None
+            try:
+                if not sse:
+                    yield b"["
+                async for chunk in _prepend(first, chunks):
+                    payload = json.dumps(chunk.dump()).encode()
+                    if sse:
+                        yield b"data: " + payload + b"\r\n\r\n"
+                    else:
+                        yield (b",\r\n" if sent else b"") + payload
+                    sent += 1
+                    last = chunk
+                if not sse:
+                    yield b"]"
+            except Exception as exc:
+                yield sse_error(exc) if sse else b"]"
+            finally:
+                await chunks.aclose()
+                if last is not None:
+                    self._count_tokens(last)
+
+        media = "text/event-stream" if sse else "application/json"
+        return StreamingResponse(stream_events(), media_type=media)
+
+    def _observe(self, response: GenerateContentResponse, started: float, *, stream: bool) -> None:
+        self._metrics.ttft.labels(response.model_version, str(stream).lower()).observe(
+            time.perf_counter() - started
+        )
+        self._count_tokens(response)
+
+    def _count_tokens(self, response: GenerateContentResponse) -> None:
+        usage = response.usage_metadata
+        if usage is not None:
+            self._metrics.prompt_tokens.labels(response.model_version).inc(usage.prompt_token_count)
+            self._metrics.tokens_generated.labels(response.model_version).inc(
+                usage.candidates_token_count or 0
+            )
+
+
+async def _prepend(
+    first: GenerateContentResponse | None, rest: AsyncIterator[GenerateContentResponse]
+) -> AsyncIterator[GenerateContentResponse]:
+    if first is not None:
+        yield first
+    async for item in rest:
+        yield item
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _parse(request: Request, model: type[W], max_bytes: int) -> W:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes exceeds the {max_bytes}-byte limit"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds the {max_bytes}-byte limit")
+    try:
+        data: Any = json.loads(body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"Invalid JSON payload received. {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("Invalid JSON payload received. The body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None

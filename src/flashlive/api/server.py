@@ -1,0 +1,152 @@
+"""Process wiring: settings → models → app → an HTTP listener and an HTTPS listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+
+from flashlive.api.app import build_app
+from flashlive.auth import ApiKeys
+from flashlive.config import Settings
+from flashlive.engine.llamacpp import LlamaCppOptions
+from flashlive.generation.service import GenerationService
+from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
+from flashlive.tls import TlsFiles, ensure_local_tls, user_tls
+
+log = logging.getLogger("flashlive")
+
+
+class _Server(uvicorn.Server):
+    """A listener that leaves signal handling to `serve`, which stops both listeners."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_models(settings: Settings) -> tuple[list[ModelSpec], str]:
+    specs = list(BUILTIN_MODELS)
+    if any(s.id == settings.model.removeprefix("models/") for s in specs):
+        return specs, settings.model.removeprefix("models/")
+    path = Path(settings.model).expanduser()
+    if path.suffix.lower() != ".gguf" and not path.exists():
+        known = ", ".join(s.id for s in specs)
+        raise SystemExit(f"unknown model {settings.model!r}: give one of {known} or a .gguf path")
+    try:
+        custom = spec_for_path(path.resolve())
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from None
+    specs = [s for s in specs if s.id != custom.id] + [custom]
+    return specs, custom.id
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise SystemExit("--tls-cert and --tls-key go together")
+        try:
+            return user_tls(settings.tls_cert, settings.tls_key)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+    names = ["localhost"]
+    addresses = ["127.0.0.1", "::1"]
+    if settings.host not in ("0.0.0.0", "::", "localhost") and settings.host not in addresses:
+        (addresses if _is_ip(settings.host) else names).append(settings.host)
+    return ensure_local_tls(settings.data_dir, hostnames=names, addresses=addresses)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def serve(settings: Settings) -> None:
+    keys = ApiKeys(settings.keys())
+    if not keys.enabled and not is_loopback(settings.host) and not settings.insecure_open:
+        raise SystemExit(
+            f"refusing to serve without API keys on {settings.host}: set FLASHLIVE_API_KEYS "
+            "(or --api-keys-file), bind to 127.0.0.1, or pass --insecure-open"
+        )
+    specs, default_model = resolve_models(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    models = ModelManager(
+        specs,
+        models_dir=settings.models_dir,
+        options=LlamaCppOptions(
+            context_size=settings.context_size,
+            threads=settings.threads,
+            max_queued=settings.max_queued,
+        ),
+    )
+    service = GenerationService(models, output_token_limit=settings.output_token_limit)
+    app = build_app(
+        models=models,
+        service=service,
+        keys=keys,
+        default_model=default_model,
+        max_request_bytes=settings.max_request_bytes,
+        context_size=settings.context_size,
+    )
+
+    def listener(port: int, files: TlsFiles | None = None) -> _Server:
+        return _Server(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=port,
+                log_level=settings.log_level,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+                ssl_certfile=str(files.cert) if files else None,
+                ssl_keyfile=str(files.key) if files else None,
+            )
+        )
+
+    servers = [listener(settings.port)]
+    if settings.tls_port:
+        files = tls_files(settings)
+        servers.append(listener(settings.tls_port, files))
+        if files.ca is not None:
+            sys.stderr.write(f"TLS on port {settings.tls_port}; clients trust {files.ca}\n")
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+
+    async def load_default() -> None:
+        try:
+            await models.get(default_model)
+        except Exception:
+            log.exception("the default model failed to load; /healthz stays 503")
+
+    loader = asyncio.create_task(load_default())
+    try:
+        await asyncio.gather(*(s.serve() for s in servers))
+    finally:
+        loader.cancel()
+        await models.aclose()

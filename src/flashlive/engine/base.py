@@ -1,0 +1,94 @@
+"""The engine interface: tokenize, count, stream tokens, cancel, and prefix state.
+
+An engine turns a token sequence into a stream of text pieces. Everything above it
+(prompt assembly, stop sequences, tool calls, the wire format) lives in `generation/`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+
+class FinishCause(Enum):
+    END_OF_TURN = "end_of_turn"  # the model emitted an end-of-generation token
+    LENGTH = "length"  # max_tokens or the context window was reached
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 64
+    max_tokens: int = 512
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    json_schema: str | None = None  # JSON Schema text; every sampled token must fit it
+
+
+@dataclass(frozen=True)
+class TokenPiece:
+    """One step of a stream: the text it completed (may be empty mid-character) and its cause.
+
+    The last piece of every stream carries `finish`; earlier pieces carry None.
+    """
+
+    text: str
+    token_id: int | None
+    finish: FinishCause | None = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str
+    context_size: int
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+
+
+class CancelToken:
+    """Set from any thread; the generating thread checks it between tokens."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+class Engine(Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of `text` exactly as `stream` will see it (special tokens parsed, BOS added)."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(
+        self, prompt: Sequence[int], params: SamplingParams, cancel: CancelToken | None = None
+    ) -> AsyncGenerator[TokenPiece, None]:
+        """Generate after `prompt`. Closing the iterator early cancels the generation.
+
+        Implementations reuse whatever prefix of `prompt` they still hold state for,
+        so a conversation that grows by appending pays only for the new tokens.
+        """
+        ...
+
+    @property
+    def cached_prefix(self) -> Sequence[int]:
+        """Tokens whose state the engine holds right now (the prefix-reuse hook)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,197 @@
+"""The embedded engine: llama.cpp through llama-cpp-python, one model per instance.
+
+A `Llama` object is not thread-safe and holds one KV sequence, so every call that
+touches it runs on one dedicated worker thread. The thread's queue is FIFO, which
+makes concurrent requests take turns in arrival order; the event loop only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import random
+import threading
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flashlive.engine.base import CancelToken, EngineInfo, FinishCause, SamplingParams, TokenPiece
+from flashlive.errors import InvalidArgument, ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[TokenPiece | BaseException], None]
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    context_size: int = 8192
+    threads: int | None = None  # None: all cores
+    batch_size: int = 512
+    max_queued: int = 64  # generations waiting for the worker beyond this are refused (429)
+
+
+class LlamaCppEngine:
+    def __init__(self, model_path: Path, *, name: str, options: LlamaCppOptions) -> None:
+        from llama_cpp import Llama
+
+        self._options = options
+        self._llm: Any = Llama(
+            model_path=str(model_path),
+            n_ctx=options.context_size,
+            n_batch=options.batch_size,
+            n_threads=options.threads,
+            n_threads_batch=options.threads,
+            verbose=False,
+        )
+        metadata: dict[str, str] = self._llm.metadata
+        vocab = self._llm._model
+        self._info = EngineInfo(
+            name=name,
+            context_size=int(self._llm.n_ctx()),
+            chat_template=metadata.get("tokenizer.chat_template"),
+            bos_token=self._token_text(vocab.token_bos()),
+            eos_token=self._token_text(vocab.token_eos()),
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
+        self._waiting = 0
+        self._active = 0
+        self._state_lock = threading.Lock()
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def cached_prefix(self) -> Sequence[int]:
+        return list(self._llm._input_ids)
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        piece: bytes = self._llm.detokenize([token], special=True)
+        return piece.decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str) -> list[int]:
+        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        # Chat templates often write the BOS token themselves; never feed it twice.
+        bos = self._llm.token_bos()
+        if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
+            tokens = tokens[1:]
+        return tokens
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    async def stream(
+        self, prompt: Sequence[int], params: SamplingParams, cancel: CancelToken | None = None
+    ) -> AsyncGenerator[TokenPiece, None]:
+        if len(prompt) >= self._info.context_size:
+            raise InvalidArgument(
+                f"the prompt has {len(prompt)} tokens; model {self._info.name} takes at most "
+                f"{self._info.context_size - 1}"
+            )
+        if self._waiting >= self._options.max_queued:
+            raise ResourceExhausted(
+                f"model {self._info.name} has {self._waiting} requests waiting; retry shortly",
+                retry_after_s=1.0,
+            )
+        cancel = cancel or CancelToken()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[TokenPiece | BaseException] = asyncio.Queue()
+
+        def emit(item: TokenPiece | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop has closed: nobody is listening any more
+                cancel.cancel()
+
+        with self._state_lock:
+            self._waiting += 1
+        loop.run_in_executor(self._executor, self._run, list(prompt), params, cancel, emit)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish is not None:
+                    return
+        finally:
+            cancel.cancel()
+
+    def _run(
+        self, prompt: list[int], params: SamplingParams, cancel: CancelToken, emit: Emit
+    ) -> None:
+        with self._state_lock:
+            self._waiting -= 1
+            self._active += 1
+        try:
+            if cancel.cancelled:
+                emit(TokenPiece("", None, FinishCause.CANCELLED))
+                return
+            self._generate(prompt, params, cancel, emit)
+        except BaseException as exc:  # reported to the awaiting coroutine, never lost
+            log.exception("generation failed")
+            emit(exc)
+        finally:
+            with self._state_lock:
+                self._active -= 1
+
+    def _generate(
+        self, prompt: list[int], params: SamplingParams, cancel: CancelToken, emit: Emit
+    ) -> None:
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        llm = self._llm
+        budget = min(params.max_tokens, self._info.context_size - len(prompt))
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        llm.set_seed(seed & 0xFFFFFFFF)
+        grammar = (
+            LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
+            if params.json_schema
+            else None
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        vocab = llm._model.vocab
+        finish = FinishCause.LENGTH
+        produced = 0
+        if budget > 0:
+            for token in llm.generate(
+                prompt,
+                top_k=params.top_k,
+                top_p=params.top_p,
+                min_p=0.0,
+                temp=params.temperature,
+                repeat_penalty=1.0,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                grammar=grammar,
+            ):
+                if cancel.cancelled:
+                    finish = FinishCause.CANCELLED
+                    break
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = FinishCause.END_OF_TURN
+                    break
+                produced += 1
+                emit(TokenPiece(decoder.decode(llm.detokenize([token])), token))
+                if produced >= budget:
+                    break
+        emit(TokenPiece(decoder.decode(b"", final=True), None, finish))
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._llm.close)

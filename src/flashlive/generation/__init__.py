@@ -1,0 +1,1 @@
+"""One request: assemble the prompt, run the engine, shape candidates and usage."""

@@ -1,0 +1,430 @@
+"""generateContent, streamGenerateContent and countTokens on top of an engine.
+
+The request is turned into messages, rendered with the model's formatter, tokenized
+once, and streamed; the same rendering serves countTokens, so promptTokenCount and
+countTokens always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flashlive.engine import FinishCause, SamplingParams
+from flashlive.errors import InvalidArgument
+from flashlive.generation.prompt import (
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    Formatter,
+    Message,
+    PlainFormatter,
+    TemplateFormatter,
+    ToolCall,
+    ToolSpec,
+)
+from flashlive.generation.schema import function_call_schema, to_json_schema
+from flashlive.generation.text import MarkerSplit, StopMatcher, WhitespaceTrim
+from flashlive.models import LoadedModel, ModelManager
+from flashlive.protocol.content import (
+    Content,
+    FunctionCall,
+    FunctionCallingMode,
+    Part,
+    Role,
+    Tool,
+)
+from flashlive.protocol.generate import (
+    Candidate,
+    CountTokensRequest,
+    CountTokensResponse,
+    FinishReason,
+    GenerateContentRequest,
+    GenerateContentResponse,
+    GenerationConfig,
+    Modality,
+    ModalityTokenCount,
+    UsageMetadata,
+)
+
+JSON_MIME = "application/json"
+TEXT_MIME = "text/plain"
+JSON_OPENERS = ("{", "```")
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
+_TOOL_BLOCK = re.compile(
+    re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.S
+)
+
+
+@dataclass
+class Prepared:
+    """Everything a generation needs, decided before the engine is touched."""
+
+    model: LoadedModel
+    tokens: list[int]
+    params: SamplingParams
+    stops: tuple[str, ...]
+    forced_call: bool = False  # the output is one JSON function call (mode ANY)
+    capture_calls: bool = False  # watch the text for tool calls (mode AUTO)
+    functions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What a finished stream produced, for the final chunk and the non-streaming answer."""
+
+    text: str = ""
+    calls: list[FunctionCall] = field(default_factory=list)
+    finish: FinishReason = FinishReason.STOP
+    generated: int = 0
+
+
+class GenerationService:
+    def __init__(self, models: ModelManager, *, output_token_limit: int) -> None:
+        self._models = models
+        self._formatters: dict[str, Formatter] = {}
+        self.output_token_limit = output_token_limit
+
+    async def count_tokens(self, model: str, request: CountTokensRequest) -> CountTokensResponse:
+        if request.generate_content_request is not None:
+            if request.contents:
+                raise InvalidArgument("give either contents or generateContentRequest, not both")
+            full = request.generate_content_request
+        else:
+            full = GenerateContentRequest(contents=request.contents or [])
+        prepared = await self.prepare(model, full)
+        n = len(prepared.tokens)
+        return CountTokensResponse(
+            total_tokens=n,
+            prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=n)],
+        )
+
+    async def prepare(self, model: str, request: GenerateContentRequest) -> Prepared:
+        loaded = await self._models.get(model)
+        if request.cached_content:
+            raise InvalidArgument("cachedContent is not supported by this server yet")
+        config = request.generation_config or GenerationConfig()
+        messages = _messages(request)
+        tools = _tool_specs(request.tools)
+        mode = _calling_mode(request, tools)
+        allowed = _allowed_functions(request, tools)
+        json_schema = _response_schema(config)
+        if json_schema is not None and mode is FunctionCallingMode.ANY:
+            raise InvalidArgument("a forced function call cannot be combined with a JSON response")
+        if json_schema is not None:
+            messages = _with_system(
+                messages,
+                "Reply only with JSON that fits this JSON schema: " + json.dumps(json_schema),
+            )
+        offered = (
+            [t for t in tools if t.name in allowed] if mode is not FunctionCallingMode.NONE else []
+        )
+        formatter = self._formatter(loaded)
+        rendered = formatter.render(messages, offered)
+        text = rendered.text
+        functions = {t.name: t.parameters for t in offered}
+        if mode is FunctionCallingMode.ANY:
+            json_schema = function_call_schema(functions)
+            text += TOOL_CALL_OPEN + "\n"
+        tokens = loaded.engine.tokenize(text)
+        limit = loaded.engine.info.context_size
+        if len(tokens) >= limit:
+            raise InvalidArgument(
+                f"the request is {len(tokens)} tokens; models/{loaded.spec.id} takes at most "
+                f"{limit - 1} input tokens"
+            )
+        max_tokens = config.max_output_tokens or self.output_token_limit
+        if max_tokens > self.output_token_limit:
+            raise InvalidArgument(
+                f"maxOutputTokens is {max_tokens}; models/{loaded.spec.id} allows at most "
+                f"{self.output_token_limit}"
+            )
+        spec = loaded.spec
+        params = SamplingParams(
+            temperature=spec.temperature if config.temperature is None else config.temperature,
+            top_p=spec.top_p if config.top_p is None else config.top_p,
+            top_k=spec.top_k if config.top_k is None else config.top_k,
+            max_tokens=max_tokens,
+            seed=config.seed,
+            presence_penalty=config.presence_penalty or 0.0,
+            frequency_penalty=config.frequency_penalty or 0.0,
+            json_schema=json.dumps(json_schema) if json_schema is not None else None,
+        )
+        stops = tuple(config.stop_sequences or ()) + (rendered.stop if json_schema is None else ())
+        return Prepared(
+            model=loaded,
+            tokens=tokens,
+            params=params,
+            stops=stops,
+            forced_call=mode is FunctionCallingMode.ANY,
+            capture_calls=mode is FunctionCallingMode.AUTO and bool(offered),
+            functions=functions,
+        )
+
+    def _formatter(self, loaded: LoadedModel) -> Formatter:
+        cached = self._formatters.get(loaded.spec.id)
+        if cached is not None:
+            return cached
+        info = loaded.engine.info
+        formatter: Formatter
+        if loaded.spec.prompt_style == "template" and info.chat_template:
+            formatter = TemplateFormatter(
+                info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token
+            )
+        else:
+            formatter = PlainFormatter()
+        self._formatters[loaded.spec.id] = formatter
+        return formatter
+
+    async def stream(
+        self, model: str, request: GenerateContentRequest
+    ) -> AsyncGenerator[GenerateContentResponse, None]:
+        prepared = await self.prepare(model, request)
+        response_id = secrets.token_urlsafe(12)
+        outcome = Outcome()
+        async for delta in self._run(prepared, outcome):
+            yield self._chunk(prepared, response_id, [Part(text=delta)])
+        parts = [Part(function_call=c) for c in outcome.calls]
+        final = self._chunk(prepared, response_id, parts or [Part(text="")])
+        final.candidates[0].finish_reason = outcome.finish
+        final.usage_metadata = _usage(len(prepared.tokens), outcome.generated)
+        yield final
+
+    async def generate(
+        self, model: str, request: GenerateContentRequest
+    ) -> GenerateContentResponse:
+        prepared = await self.prepare(model, request)
+        outcome = Outcome()
+        pieces = [delta async for delta in self._run(prepared, outcome)]
+        text = "".join(pieces)
+        parts = ([Part(text=text)] if text else []) + [Part(function_call=c) for c in outcome.calls]
+        response = self._chunk(prepared, secrets.token_urlsafe(12), parts or [Part(text="")])
+        response.candidates[0].finish_reason = outcome.finish
+        response.usage_metadata = _usage(len(prepared.tokens), outcome.generated)
+        return response
+
+    async def _run(self, prepared: Prepared, outcome: Outcome) -> AsyncIterator[str]:
+        """Yield visible text as it is generated; fill `outcome` when the stream ends."""
+        stops = StopMatcher(prepared.stops)
+        split = MarkerSplit(TOOL_CALL_OPEN, JSON_OPENERS) if prepared.capture_calls else None
+        trim = WhitespaceTrim()
+        forced: list[str] = [TOOL_CALL_OPEN] if prepared.forced_call else []
+        cause = FinishCause.LENGTH
+        stream = prepared.model.engine.stream(prepared.tokens, prepared.params)
+        try:
+            async for piece in stream:
+                if piece.token_id is not None:
+                    outcome.generated += 1
+                visible = stops.feed(piece.text)
+                if stops.stopped:
+                    cause = FinishCause.END_OF_TURN
+                elif piece.finish is not None:
+                    cause = piece.finish
+                    visible += stops.flush()
+                if forced:
+                    forced.append(visible)
+                    visible = ""
+                elif split is not None:
+                    visible = split.feed(visible)
+                    if stops.stopped or piece.finish is not None:
+                        visible += split.flush()
+                visible = trim.feed(visible)
+                if visible:
+                    outcome.text += visible
+                    yield visible
+                if stops.stopped:
+                    break
+        finally:
+            await stream.aclose()
+        outcome.finish = (
+            FinishReason.MAX_TOKENS if cause is FinishCause.LENGTH else FinishReason.STOP
+        )
+        raw = "".join(forced) or (split.captured if split is not None else None)
+        if not raw:
+            return
+        parsed = _parse_calls(raw, prepared.functions)
+        if parsed is not None:
+            outcome.calls = parsed
+        elif raw.lstrip().startswith(TOOL_CALL_OPEN):
+            if outcome.finish is FinishReason.STOP:
+                outcome.finish = FinishReason.MALFORMED_FUNCTION_CALL
+        elif text := trim.feed(raw):  # an answer that merely looked like JSON: it is text
+            outcome.text += text
+            yield text
+
+    def _chunk(
+        self, prepared: Prepared, response_id: str, parts: list[Part]
+    ) -> GenerateContentResponse:
+        return GenerateContentResponse(
+            candidates=[Candidate(content=Content(role=Role.MODEL, parts=parts), index=0)],
+            model_version=prepared.model.spec.id,
+            response_id=response_id,
+        )
+
+
+def _usage(prompt: int, generated: int) -> UsageMetadata:
+    return UsageMetadata(
+        prompt_token_count=prompt,
+        candidates_token_count=generated,
+        total_token_count=prompt + generated,
+        prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=prompt)],
+        candidates_tokens_details=(
+            [ModalityTokenCount(modality=Modality.TEXT, token_count=generated)]
+            if generated
+            else None
+        ),
+    )
+
+
+def _parse_calls(raw: str, functions: dict[str, dict[str, Any]]) -> list[FunctionCall] | None:
+    raw = raw.strip()
+    if not raw.startswith(TOOL_CALL_OPEN):
+        fenced = _FENCE.match(raw)
+        raw = TOOL_CALL_OPEN + (fenced.group(1) if fenced else raw) + TOOL_CALL_CLOSE
+    calls = []
+    for block in _TOOL_BLOCK.findall(raw):
+        try:
+            data = json.loads(block)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or data.get("name") not in functions:
+            return None
+        args = data.get("arguments", data.get("args", {}))
+        if not isinstance(args, dict):
+            return None
+        calls.append(FunctionCall(id=secrets.token_hex(4), name=str(data["name"]), args=args))
+    return calls or None
+
+
+def _text_of(content: Content, where: str, *, allow_calls: bool) -> tuple[str, list[ToolCall]]:
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for j, part in enumerate(content.parts):
+        kind = part.kind
+        if kind == "text":
+            if not part.thought:
+                texts.append(part.text or "")
+        elif kind == "function_call" and allow_calls and part.function_call is not None:
+            calls.append(ToolCall(part.function_call.name, part.function_call.args))
+        elif kind in ("inline_data", "file_data"):
+            blob = part.inline_data or part.file_data
+            mime = getattr(blob, "mime_type", None) or "unknown"
+            raise InvalidArgument(
+                f"{where}.parts[{j}]: {_camel(kind)} ({mime}) is not supported yet; "
+                "this server takes text parts only"
+            )
+        elif kind != "function_response":
+            raise InvalidArgument(
+                f"{where}.parts[{j}]: {_camel(kind)} parts are not supported here"
+            )
+    return "".join(texts), calls
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def _messages(request: GenerateContentRequest) -> list[Message]:
+    if not request.contents:
+        raise InvalidArgument("contents must not be empty")
+    messages: list[Message] = []
+    if request.system_instruction is not None:
+        text, _ = _text_of(request.system_instruction, "systemInstruction", allow_calls=False)
+        if text:
+            messages.append(Message("system", text))
+    for i, content in enumerate(request.contents):
+        where = f"contents[{i}]"
+        if not content.parts:
+            raise InvalidArgument(f"{where} has no parts")
+        is_model = content.role is Role.MODEL
+        text, calls = _text_of(content, where, allow_calls=is_model)
+        if is_model:
+            messages.append(Message("assistant", text, tool_calls=tuple(calls)))
+            continue
+        for part in content.parts:
+            if part.function_response is not None:
+                fr = part.function_response
+                messages.append(Message("tool", json.dumps(fr.response), name=fr.name))
+        if text:
+            messages.append(Message("user", text))
+    return messages
+
+
+def _with_system(messages: list[Message], text: str) -> list[Message]:
+    if messages and messages[0].role == "system":
+        return [Message("system", messages[0].content + "\n\n" + text), *messages[1:]]
+    return [Message("system", text), *messages]
+
+
+def _tool_specs(tools: list[Tool] | None) -> list[ToolSpec]:
+    specs: list[ToolSpec] = []
+    for i, tool in enumerate(tools or []):
+        unsupported = [
+            name for name, value in tool if value is not None and name != "function_declarations"
+        ]
+        if unsupported:
+            raise InvalidArgument(
+                f"tools[{i}]: {', '.join(_camel(n) for n in unsupported)} is not supported yet; "
+                "only functionDeclarations are"
+            )
+        for j, decl in enumerate(tool.function_declarations or []):
+            where = f"tools[{i}].functionDeclarations[{j}]"
+            if decl.parameters_json_schema is not None:
+                params = decl.parameters_json_schema
+            elif decl.parameters is not None:
+                params = to_json_schema(decl.parameters, f"{where}.parameters")
+            else:
+                params = {"type": "object", "properties": {}}
+            specs.append(ToolSpec(decl.name, decl.description or "", params))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InvalidArgument("function declarations must have distinct names")
+    return specs
+
+
+def _calling_mode(request: GenerateContentRequest, tools: list[ToolSpec]) -> FunctionCallingMode:
+    fcc = request.tool_config.function_calling_config if request.tool_config else None
+    mode = fcc.mode if fcc and fcc.mode else FunctionCallingMode.AUTO
+    if mode in (FunctionCallingMode.MODE_UNSPECIFIED, FunctionCallingMode.VALIDATED):
+        mode = FunctionCallingMode.AUTO
+    if mode is FunctionCallingMode.ANY and not tools:
+        raise InvalidArgument(
+            "functionCallingConfig mode ANY needs at least one function declaration"
+        )
+    return mode if tools else FunctionCallingMode.NONE
+
+
+def _allowed_functions(request: GenerateContentRequest, tools: list[ToolSpec]) -> set[str]:
+    names = {t.name for t in tools}
+    fcc = request.tool_config.function_calling_config if request.tool_config else None
+    if fcc is None or not fcc.allowed_function_names:
+        return names
+    unknown = set(fcc.allowed_function_names) - names
+    if unknown:
+        raise InvalidArgument(f"allowedFunctionNames names undeclared functions: {sorted(unknown)}")
+    return set(fcc.allowed_function_names)
+
+
+def _response_schema(config: GenerationConfig) -> dict[str, Any] | None:
+    mime = (config.response_mime_type or TEXT_MIME).lower()
+    has_schema = config.response_schema is not None or config.response_json_schema is not None
+    if mime == TEXT_MIME:
+        if has_schema:
+            raise InvalidArgument("responseSchema needs responseMimeType application/json")
+        return None
+    if mime != JSON_MIME:
+        raise InvalidArgument(
+            f"responseMimeType {config.response_mime_type!r} is not supported; "
+            f"use {TEXT_MIME} or {JSON_MIME}"
+        )
+    if config.response_schema is not None and config.response_json_schema is not None:
+        raise InvalidArgument("give responseSchema or responseJsonSchema, not both")
+    if config.response_json_schema is not None:
+        return config.response_json_schema
+    if config.response_schema is not None:
+        return to_json_schema(config.response_schema, "generationConfig.responseSchema")
+    return {"type": "object"}

@@ -1,0 +1,25 @@
+"""The base model every wire message derives from: camelCase on the wire, closed by default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class Wire(BaseModel):
+    """A closed wire message: unknown fields are rejected, as the Gemini API does."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
+    )
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class OpenWire(Wire):
+    """A wire message we read only partly: fields we do not act on are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")

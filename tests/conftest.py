@@ -1,4 +1,4 @@
-"""Shared fixtures: real flashlive server processes on 127.0.0.1, started and stopped per session."""
+"""Shared fixtures: real flashlive server processes on 127.0.0.1, started and stopped."""
 
 from __future__ import annotations
 
@@ -46,8 +46,13 @@ class Server:
 
 
 def start_server(
-    tmp: Path, *, model: str = FAST_MODEL, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    tmp: Path,
+    *,
+    model: str = FAST_MODEL,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Server:
+    tmp.mkdir(parents=True, exist_ok=True)
     port, tls_port = free_port(), free_port()
     data_dir = tmp / "data"
     log_path = tmp / "server.log"

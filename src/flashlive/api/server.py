@@ -50,7 +50,7 @@ def resolve_models(settings: Settings) -> tuple[list[ModelSpec], str]:
         known = ", ".join(s.id for s in specs)
         raise SystemExit(f"unknown model {settings.model!r}: give one of {known} or a .gguf path")
     try:
-        custom = spec_for_path(path.resolve())
+        custom = spec_for_path(path.absolute())
     except FileNotFoundError as exc:
         raise SystemExit(str(exc)) from None
     specs = [s for s in specs if s.id != custom.id] + [custom]

@@ -159,6 +159,11 @@ class LlamaCppEngine:
         budget = min(params.max_tokens, self._info.context_size - len(prompt))
         seed = params.seed if params.seed is not None else random.getrandbits(32)
         llm.set_seed(seed & 0xFFFFFFFF)
+        if params.seed is not None:
+            # A reused prefix is evaluated in different batch shapes than a cold prompt, which
+            # moves logits by rounding error; a seeded request must replay exactly, so it
+            # starts cold.
+            llm.reset()
         grammar = (
             LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
             if params.json_schema

@@ -1,0 +1,1 @@
+"""Benchmarks: measurements of flashlive against its own engine, run as modules."""

@@ -1,0 +1,87 @@
+"""The official JavaScript SDK (@google/genai) against the REST API of a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FAST_MODEL, Server
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+SCRIPT = JS_DIR / "rest_sdk.mjs"
+SDK_DIR = JS_DIR / "node_modules" / "@google" / "genai"
+NODE = shutil.which("node")
+RUN_TIMEOUT_S = 120
+
+pytestmark = [
+    pytest.mark.skipif(NODE is None, reason="node is not on PATH"),
+    pytest.mark.skipif(
+        not SDK_DIR.is_dir(),
+        reason=f"@google/genai is not installed: run `npm install --prefix {JS_DIR}`",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def report(server: Server) -> dict[str, Any]:
+    """Runs the SDK script once against the server and returns the JSON line it printed."""
+    assert NODE is not None
+    env = {**os.environ, "FLASHLIVE_BASE_URL": server.base_url, "FLASHLIVE_MODEL": FAST_MODEL}
+    result = subprocess.run(
+        [NODE, str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{SCRIPT.name} exited with {result.returncode}\n"
+            f"stderr:\n{result.stderr}\nstdout:\n{result.stdout}\nserver log:\n{server.log()}"
+        )
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{result.stdout}"
+    parsed = json.loads(lines[0])
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def check_usage(usage: dict[str, Any]) -> None:
+    prompt = usage["promptTokenCount"]
+    candidates = usage["candidatesTokenCount"]
+    assert prompt > 0
+    assert candidates >= 1
+    assert usage["totalTokenCount"] == prompt + candidates
+
+
+def test_generate_content(report: dict[str, Any]) -> None:
+    generate = report["generate"]
+    assert generate["text"].strip()
+    assert "paris" in generate["text"].lower()
+    assert generate["finishReason"] in {"STOP", "MAX_TOKENS"}
+    check_usage(generate["usage"])
+
+
+def test_generate_content_stream(report: dict[str, Any]) -> None:
+    stream = report["stream"]
+    chunks: list[str] = stream["chunks"]
+    assert len(chunks) >= 2
+    assert "".join(chunks).strip()
+    # Only the final chunk closes the candidate; the ones before it carry text only.
+    assert all(reason is None for reason in stream["finishReasons"][:-1])
+    assert stream["finishReason"] in {"STOP", "MAX_TOKENS"}
+    assert stream["finishReasons"][-1] == stream["finishReason"]
+    check_usage(stream["usage"])
+
+
+def test_unknown_model_is_not_found(report: dict[str, Any]) -> None:
+    not_found = report["notFound"]
+    assert not_found["status"] == 404
+    assert "no-such-model" in not_found["message"]
+    assert "NOT_FOUND" in not_found["message"]

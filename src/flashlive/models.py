@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -177,6 +178,7 @@ class ModelManager:
         self._options = options
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {s.id: asyncio.Lock() for s in specs}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
 
     @property
     def specs(self) -> list[ModelSpec]:
@@ -215,7 +217,7 @@ class ModelManager:
         path = assemble(spec, self._models_dir)
         sys.stderr.write(f"loading {spec.id} from {path} ...\n")
         started = time.monotonic()
-        engine = LlamaCppEngine(path, name=spec.id, options=self._options)
+        engine = LlamaCppEngine(path, name=spec.id, options=self._options, worker=self._worker)
         sys.stderr.write(f"loaded {spec.id} in {time.monotonic() - started:.1f} s\n")
         return LoadedModel(spec=spec, engine=engine)
 
@@ -223,3 +225,4 @@ class ModelManager:
         for loaded in self._loaded.values():
             await loaded.engine.aclose()
         self._loaded.clear()
+        self._worker.shutdown(wait=True, cancel_futures=True)

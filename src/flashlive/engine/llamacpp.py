@@ -1,8 +1,10 @@
 """The embedded engine: llama.cpp through llama-cpp-python, one model per instance.
 
 A `Llama` object is not thread-safe and holds one KV sequence, so every call that
-touches it runs on one dedicated worker thread. The thread's queue is FIFO, which
-makes concurrent requests take turns in arrival order; the event loop only awaits.
+touches it runs on one worker thread. The thread's queue is FIFO, which makes
+concurrent requests take turns in arrival order; the event loop only awaits.
+Engines of one process share that worker by default: each generation already uses
+every core, and two at once would only fight over them (llama.cpp's threads spin).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import os
 import random
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -29,22 +32,30 @@ Emit = Callable[[TokenPiece | BaseException], None]
 @dataclass(frozen=True)
 class LlamaCppOptions:
     context_size: int = 8192
-    threads: int | None = None  # None: all cores
+    threads: int | None = None  # None: every core (llama.cpp alone would decode on half)
     batch_size: int = 512
     max_queued: int = 64  # generations waiting for the worker beyond this are refused (429)
 
 
 class LlamaCppEngine:
-    def __init__(self, model_path: Path, *, name: str, options: LlamaCppOptions) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        name: str,
+        options: LlamaCppOptions,
+        worker: ThreadPoolExecutor | None = None,
+    ) -> None:
         from llama_cpp import Llama
 
         self._options = options
+        threads = options.threads or os.cpu_count() or 1
         self._llm: Any = Llama(
             model_path=str(model_path),
             n_ctx=options.context_size,
             n_batch=options.batch_size,
-            n_threads=options.threads,
-            n_threads_batch=options.threads,
+            n_threads=threads,
+            n_threads_batch=threads,
             verbose=False,
         )
         metadata: dict[str, str] = self._llm.metadata
@@ -56,7 +67,8 @@ class LlamaCppEngine:
             bos_token=self._token_text(vocab.token_bos()),
             eos_token=self._token_text(vocab.token_eos()),
         )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{name}")
+        self._owns_worker = worker is None
+        self._executor = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._waiting = 0
         self._active = 0
         self._state_lock = threading.Lock()
@@ -198,5 +210,6 @@ class LlamaCppEngine:
         emit(TokenPiece(decoder.decode(b"", final=True), None, finish))
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        await asyncio.to_thread(self._llm.close)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._llm.close)
+        if self._owns_worker:
+            self._executor.shutdown(wait=True, cancel_futures=True)

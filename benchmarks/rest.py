@@ -17,6 +17,7 @@ import asyncio
 import os
 import random
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -33,6 +34,7 @@ from google import genai
 from google.genai import types
 
 from flashlive.config import Settings
+from flashlive.engine.base import CancelToken
 from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.generation.service import GenerationService, Prepared
 from flashlive.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelManager
@@ -150,6 +152,7 @@ class Bench:
         self.runner, self.service, self.model = runner, service, model
         self.client, self.max_tokens = client, max_tokens
         self.seen: list[list[int]] = []
+        self.cancel = CancelToken()  # set on the way out: stops an in-flight generation
         probes = [self.prepare(f"{c} {INSTRUCTION}").tokens for c in "QZ"]
         self.preamble = common_prefix(*probes)  # the template prefix every prompt shares
 
@@ -187,8 +190,9 @@ class Bench:
         engine = prepared.model.engine
         first: float | None = None
         count = 0
+        self.cancel = CancelToken()  # the engine sets it when the stream ends
         start = last = time.perf_counter()
-        async for piece in engine.stream(prepared.tokens, prepared.params):
+        async for piece in engine.stream(prepared.tokens, prepared.params, self.cancel):
             last = time.perf_counter()  # the final (finish) piece ends the window, as on the wire
             if piece.token_id is not None:
                 count += 1
@@ -252,11 +256,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` also stops the server
     models_dir = Settings().models_dir
     options = LlamaCppOptions(context_size=CONTEXT_SIZE)
     manager = ModelManager(list(BUILTIN_MODELS), models_dir=models_dir, options=options)
     service = GenerationService(manager, output_token_limit=OUTPUT_LIMIT)
     print(f"model {args.model}, repeats {args.repeats}, max tokens {args.max_tokens}", flush=True)
+    bench: Bench | None = None
     with asyncio.Runner() as runner, server_process(args.model, models_dir) as base_url:
         try:
             runner.run(manager.get(args.model))
@@ -264,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
                 api_key="bench", http_options=types.HttpOptions(base_url=base_url)
             )
             bench = Bench(runner, service, args.model, client, args.max_tokens)
-            print(f"shared chat-template preamble: {bench.preamble} tokens", flush=True)
+            print(f"shared chat-template preamble: {bench.preamble} tokens; load average "
+                  f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)  # fmt: skip
             rng = random.Random(SEED)
             bench.in_process(filler(1, rng))  # warm-up of both paths, not measured
             bench.server(filler(1, rng))
@@ -276,13 +283,18 @@ def main(argv: list[str] | None = None) -> None:
                 for i in range(args.repeats):  # A/B/A/B: never both generating at once
                     local.append(bench.in_process(body))
                     remote.append(bench.server(body))
-                    print(f"~{size} #{i + 1}: in-process {local[-1]}, server {remote[-1]}")
+                    print(
+                        f"~{size} #{i + 1}: in-process {local[-1]}, server {remote[-1]}", flush=True
+                    )
                 print(f"~{size}: prompt tokens {[s.prompt_tokens for s in local + remote]}",
                       flush=True)  # fmt: skip
                 rows.append((size, local, remote))
             print()
             report(rows)
+            print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         finally:
+            if bench is not None:
+                bench.cancel.cancel()
             runner.run(manager.aclose())
 
 

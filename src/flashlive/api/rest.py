@@ -114,7 +114,12 @@ class RestApi:
     async def _generate(self, request: Request, model: str) -> Response:
         body = await _parse(request, GenerateContentRequest, self._max_bytes)
         started = time.perf_counter()
-        task = asyncio.ensure_future(self._service.generate(model, body))
+        first_token: list[float] = []
+
+        def mark_first_token() -> None:
+            first_token.append(time.perf_counter())
+
+        task = asyncio.ensure_future(self._service.generate(model, body, mark_first_token))
         left = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
@@ -125,7 +130,11 @@ class RestApi:
         if task.cancelled():
             return Response(status_code=499)
         response = task.result()
-        self._observe(response, started, stream=False)
+        if first_token:
+            self._metrics.ttft.labels(response.model_version, "false").observe(
+                first_token[0] - started
+            )
+        self._count_tokens(response)
         return JSONResponse(response.dump())
 
     async def _stream(self, request: Request, model: str) -> Response:
@@ -167,12 +176,6 @@ class RestApi:
 
         media = "text/event-stream" if sse else "application/json"
         return StreamingResponse(stream_events(), media_type=media)
-
-    def _observe(self, response: GenerateContentResponse, started: float, *, stream: bool) -> None:
-        self._metrics.ttft.labels(response.model_version, str(stream).lower()).observe(
-            time.perf_counter() - started
-        )
-        self._count_tokens(response)
 
     def _count_tokens(self, response: GenerateContentResponse) -> None:
         usage = response.usage_metadata

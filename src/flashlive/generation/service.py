@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,11 +194,18 @@ class GenerationService:
         yield final
 
     async def generate(
-        self, model: str, request: GenerateContentRequest
+        self,
+        model: str,
+        request: GenerateContentRequest,
+        on_first_token: Callable[[], None] | None = None,
     ) -> GenerateContentResponse:
         prepared = await self.prepare(model, request)
         outcome = Outcome()
-        pieces = [delta async for delta in self._run(prepared, outcome)]
+        pieces: list[str] = []
+        async for delta in self._run(prepared, outcome):
+            if not pieces and on_first_token is not None:
+                on_first_token()
+            pieces.append(delta)
         text = "".join(pieces)
         parts = ([Part(text=text)] if text else []) + [Part(function_call=c) for c in outcome.calls]
         response = self._chunk(prepared, secrets.token_urlsafe(12), parts or [Part(text="")])

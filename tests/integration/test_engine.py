@@ -117,3 +117,25 @@ async def test_json_schema_constrains_output(engine: LlamaCppEngine) -> None:
     params = SamplingParams(temperature=1.0, seed=5, max_tokens=30, json_schema=schema)
     text, _ = await collect(engine, "Give me a number as JSON.", params)
     assert isinstance(json.loads(text)["n"], int)
+
+
+async def test_cancel_during_a_long_prefill_frees_the_engine_after_one_slice(
+    engine: LlamaCppEngine,
+) -> None:
+    prompt = engine.tokenize(" ".join(f"Line {i} of a long document." for i in range(160)))
+    assert 1200 < len(prompt) < 2000
+    cancel = CancelToken()
+    stream = engine.stream(prompt, SamplingParams(max_tokens=5), cancel)
+    first = asyncio.ensure_future(anext(stream))
+    async with asyncio.timeout(10):
+        while not engine.active:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.3)  # well inside the prefill (several seconds at full length)
+    cancel.cancel()
+    cancelled_at = time.perf_counter()
+    piece = await first
+    await stream.aclose()
+    assert piece.finish is FinishCause.CANCELLED and piece.token_id is None
+    while engine.active:
+        await asyncio.sleep(0.005)
+    assert time.perf_counter() - cancelled_at < 1.0

@@ -35,6 +35,9 @@ class LlamaCppOptions:
     threads: int | None = None  # None: every core (llama.cpp alone would decode on half)
     batch_size: int = 512
     max_queued: int = 64  # generations waiting for the worker beyond this are refused (429)
+    # The prompt is evaluated in slices of this many tokens, checking for cancellation between
+    # them: a client that leaves during a long prefill frees the engine after one slice.
+    prefill_slice: int = 128
 
 
 class LlamaCppEngine:
@@ -181,6 +184,9 @@ class LlamaCppEngine:
             if params.json_schema
             else None
         )
+        if not self._prefill(prompt, cancel):
+            emit(TokenPiece("", None, FinishCause.CANCELLED))
+            return
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab
         finish = FinishCause.LENGTH
@@ -208,6 +214,31 @@ class LlamaCppEngine:
                 if produced >= budget:
                     break
         emit(TokenPiece(decoder.decode(b"", final=True), None, finish))
+
+    def _prefill(self, prompt: list[int], cancel: CancelToken) -> bool:
+        """Bring the KV state up to all but the last prompt token; False when cancelled.
+
+        Whatever prefix the state already holds is kept. `Llama.generate` then finds all but
+        the last token cached and evaluates just that one before sampling.
+        """
+        llm = self._llm
+        held = llm._input_ids
+        reuse = 0
+        for a, b in zip(held, prompt[:-1], strict=False):
+            if a != b:
+                break
+            reuse += 1
+        if reuse < llm.n_tokens:
+            if not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+                llm.reset()
+                reuse = 0
+            llm.n_tokens = reuse
+        step = self._options.prefill_slice
+        for start in range(reuse, len(prompt) - 1, step):
+            if cancel.cancelled:
+                return False
+            llm.eval(prompt[start : min(start + step, len(prompt) - 1)])
+        return not cancel.cancelled
 
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._llm.close)

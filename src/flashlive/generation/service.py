@@ -201,12 +201,11 @@ class GenerationService:
     ) -> GenerateContentResponse:
         prepared = await self.prepare(model, request)
         outcome = Outcome()
-        pieces: list[str] = []
-        async for delta in self._run(prepared, outcome):
-            if not pieces and on_first_token is not None:
+        async for _ in self._run(prepared, outcome):
+            if on_first_token is not None:
                 on_first_token()
-            pieces.append(delta)
-        text = "".join(pieces)
+                on_first_token = None
+        text = outcome.text
         parts = ([Part(text=text)] if text else []) + [Part(function_call=c) for c in outcome.calls]
         response = self._chunk(prepared, secrets.token_urlsafe(12), parts or [Part(text="")])
         response.candidates[0].finish_reason = outcome.finish

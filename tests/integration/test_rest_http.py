@@ -155,6 +155,36 @@ async def test_client_disconnect_cancels_generation_within_100ms(server: Server)
     del before
 
 
+@pytest.mark.parametrize("path", [GENERATE, STREAM])
+async def test_client_leaving_during_a_long_prefill_frees_the_engine(
+    server: Server, path: str
+) -> None:
+    text = " ".join(f"Entry {i}: the tide log of the old harbour." for i in range(150))
+    body = {"contents": [{"parts": [{"text": text}]}], "generationConfig": {"maxOutputTokens": 5}}
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as monitor:
+
+        async def active() -> float:
+            return metric(
+                (await monitor.get("/metrics")).text,
+                "flashlive_generations_active",
+                model=FAST_MODEL,
+            )
+
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            request = asyncio.ensure_future(client.post(path, json=body))
+            async with asyncio.timeout(10):
+                while await active() == 0:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # inside a prefill of ~2000 tokens (seconds long)
+            assert not request.done()
+            request.cancel()
+        left = time.perf_counter()
+        while await active() != 0:
+            assert time.perf_counter() - left < 3, "the prefill ran on for nobody"
+            await asyncio.sleep(0.01)
+    assert time.perf_counter() - left < 1.0
+
+
 def test_tls_listener_with_the_local_ca(server: Server) -> None:
     ca = subprocess.run(
         [sys.executable, "-m", "flashlive.cli", "ca-path", "--data-dir", str(server.data_dir)],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -27,6 +27,7 @@ from flashlive.protocol.generate import (
 )
 
 W = TypeVar("W", bound=BaseModel)
+T = TypeVar("T")
 VERSIONS = ("v1beta", "v1", "v1alpha")
 SUPPORTED_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 
@@ -119,17 +120,11 @@ class RestApi:
         def mark_first_token() -> None:
             first_token.append(time.perf_counter())
 
-        task = asyncio.ensure_future(self._service.generate(model, body, mark_first_token))
-        left = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            left.cancel()
-            if not task.done():  # the client went away: stop generating for nobody
-                task.cancel()
-        if task.cancelled():
+        response = await _unless_disconnected(
+            request, self._service.generate(model, body, mark_first_token)
+        )
+        if response is None:
             return Response(status_code=499)
-        response = task.result()
         if first_token:
             self._metrics.ttft.labels(response.model_version, "false").observe(
                 first_token[0] - started
@@ -142,11 +137,12 @@ class RestApi:
         started = time.perf_counter()
         sse = request.query_params.get("alt") == "sse"
         chunks = self._service.stream(model, body)
-        # Prepare before answering 200, so bad requests still get a proper error status.
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:  # pragma: no cover - a stream always ends with a final chunk
-            first = None
+        # Wait for the first chunk before answering 200, so a bad request still gets its error
+        # status; a client that leaves meanwhile (a long prefill) stops the work at once.
+        first = await _unless_disconnected(request, anext(chunks))
+        if first is None:
+            await chunks.aclose()
+            return Response(status_code=499)
         self._metrics.ttft.labels(model.removeprefix("models/"), "true").observe(
             time.perf_counter() - started
         )
@@ -187,12 +183,25 @@ class RestApi:
 
 
 async def _prepend(
-    first: GenerateContentResponse | None, rest: AsyncIterator[GenerateContentResponse]
+    first: GenerateContentResponse, rest: AsyncIterator[GenerateContentResponse]
 ) -> AsyncIterator[GenerateContentResponse]:
-    if first is not None:
-        yield first
+    yield first
     async for item in rest:
         yield item
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """The result of `work`, or None when the client disconnects first (`work` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    return None if task.cancelled() else task.result()
 
 
 async def _disconnected(request: Request) -> None:

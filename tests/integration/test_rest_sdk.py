@@ -135,7 +135,11 @@ def test_json_mode_with_schema_is_valid_json(client: genai.Client) -> None:
         properties={
             "city": types.Schema(type=types.Type.STRING),
             "population": types.Schema(type=types.Type.INTEGER),
-            "tags": types.Schema(type=types.Type.ARRAY, items=types.Schema(type=types.Type.STRING)),
+            "tags": types.Schema(
+                type=types.Type.ARRAY,
+                items=types.Schema(type=types.Type.STRING, max_length=40),
+                max_items=3,
+            ),
         },
         required=["city", "population"],
     )
@@ -151,8 +155,10 @@ def test_json_mode_with_schema_is_valid_json(client: genai.Client) -> None:
                 response_schema=schema,
             ),
         )
+        assert response.candidates[0].finish_reason == types.FinishReason.STOP  # type: ignore[index]
         data = json.loads(response.text or "")
         assert isinstance(data["city"], str)
+        assert len(data.get("tags", [])) <= 3
         assert isinstance(data["population"], int)
 
 

@@ -130,7 +130,7 @@ PLAIN_PREAMBLE = (
 )
 PLAIN_EXAMPLES = (
     ("What is the capital of Italy?", "The capital of Italy is Rome."),
-    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("Who wrote Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet."),
 )
 
 

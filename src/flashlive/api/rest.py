@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from flashlive.protocol.generate import (
     Model,
 )
 
+log = logging.getLogger(__name__)
 W = TypeVar("W", bound=BaseModel)
 T = TypeVar("T")
 VERSIONS = ("v1beta", "v1", "v1alpha")
@@ -129,7 +131,7 @@ class RestApi:
             self._metrics.ttft.labels(response.model_version, "false").observe(
                 first_token[0] - started
             )
-        self._count_tokens(response)
+        self._record(response)
         return JSONResponse(response.dump())
 
     async def _stream(self, request: Request, model: str) -> Response:
@@ -168,14 +170,23 @@ class RestApi:
             finally:
                 await chunks.aclose()
                 if last is not None:
-                    self._count_tokens(last)
+                    self._record(last)
 
         media = "text/event-stream" if sse else "application/json"
         return StreamingResponse(stream_events(), media_type=media)
 
-    def _count_tokens(self, response: GenerateContentResponse) -> None:
+    def _record(self, response: GenerateContentResponse) -> None:
         usage = response.usage_metadata
         if usage is not None:
+            candidate = response.candidates[0] if response.candidates else None
+            log.info(
+                "response=%s model=%s prompt_tokens=%d output_tokens=%d finish=%s",
+                response.response_id,
+                response.model_version,
+                usage.prompt_token_count,
+                usage.candidates_token_count or 0,
+                candidate.finish_reason.value if candidate and candidate.finish_reason else "-",
+            )
             self._metrics.prompt_tokens.labels(response.model_version).inc(usage.prompt_token_count)
             self._metrics.tokens_generated.labels(response.model_version).inc(
                 usage.candidates_token_count or 0

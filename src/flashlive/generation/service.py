@@ -7,6 +7,7 @@ countTokens always agree.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -129,7 +130,8 @@ class GenerationService:
         if mode is FunctionCallingMode.ANY:
             json_schema = function_call_schema(functions)
             text += TOOL_CALL_OPEN + "\n"
-        tokens = loaded.engine.tokenize(text)
+        # A 20 MB prompt takes a while to tokenize: keep that off the event loop.
+        tokens = await asyncio.to_thread(loaded.engine.tokenize, text)
         limit = loaded.engine.info.context_size
         if len(tokens) >= limit:
             raise InvalidArgument(

@@ -50,6 +50,8 @@ class EngineInfo:
     chat_template: str | None
     bos_token: str
     eos_token: str
+    # Texts of the tokens only a chat template may write (e.g. "<|im_start|>").
+    control_tokens: frozenset[str] = frozenset()
 
 
 class CancelToken:

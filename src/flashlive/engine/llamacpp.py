@@ -69,6 +69,7 @@ class LlamaCppEngine:
             chat_template=metadata.get("tokenizer.chat_template"),
             bos_token=self._token_text(vocab.token_bos()),
             eos_token=self._token_text(vocab.token_eos()),
+            control_tokens=self._control_tokens(),
         )
         self._owns_worker = worker is None
         self._executor = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
@@ -97,6 +98,17 @@ class LlamaCppEngine:
             return ""
         piece: bytes = self._llm.detokenize([token], special=True)
         return piece.decode("utf-8", errors="replace")
+
+    def _control_tokens(self) -> frozenset[str]:
+        import llama_cpp
+
+        vocab = self._llm._model.vocab
+        control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        return frozenset(
+            self._token_text(token)
+            for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+            if llama_cpp.llama_vocab_get_attr(vocab, token) & control
+        )
 
     def tokenize(self, text: str) -> list[int]:
         tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)

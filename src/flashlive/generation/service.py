@@ -12,11 +12,12 @@ import json
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flashlive.engine import FinishCause, SamplingParams
 from flashlive.errors import InvalidArgument
+from flashlive.generation.guard import ControlTokenGuard
 from flashlive.generation.prompt import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
@@ -86,7 +87,7 @@ class Outcome:
 class GenerationService:
     def __init__(self, models: ModelManager, *, output_token_limit: int) -> None:
         self._models = models
-        self._formatters: dict[str, Formatter] = {}
+        self._formatters: dict[str, tuple[Formatter, ControlTokenGuard]] = {}
         self.output_token_limit = output_token_limit
 
     async def count_tokens(self, model: str, request: CountTokensRequest) -> CountTokensResponse:
@@ -123,8 +124,11 @@ class GenerationService:
         offered = (
             [t for t in tools if t.name in allowed] if mode is not FunctionCallingMode.NONE else []
         )
-        formatter = self._formatter(loaded)
-        rendered = formatter.render(messages, offered)
+        formatter, guard = self._formatter(loaded)
+        rendered = formatter.render(
+            [_defused_message(guard, m) for m in messages],
+            [_defused_tool(guard, t) for t in offered],
+        )
         text = rendered.text
         functions = {t.name: t.parameters for t in offered}
         if mode is FunctionCallingMode.ANY:
@@ -166,7 +170,7 @@ class GenerationService:
             functions=functions,
         )
 
-    def _formatter(self, loaded: LoadedModel) -> Formatter:
+    def _formatter(self, loaded: LoadedModel) -> tuple[Formatter, ControlTokenGuard]:
         cached = self._formatters.get(loaded.spec.id)
         if cached is not None:
             return cached
@@ -178,8 +182,9 @@ class GenerationService:
             )
         else:
             formatter = PlainFormatter()
-        self._formatters[loaded.spec.id] = formatter
-        return formatter
+        pair = (formatter, ControlTokenGuard(info.control_tokens))
+        self._formatters[loaded.spec.id] = pair
+        return pair
 
     async def stream(
         self, model: str, request: GenerateContentRequest
@@ -360,6 +365,25 @@ def _messages(request: GenerateContentRequest) -> list[Message]:
         if text:
             messages.append(Message("user", text))
     return messages
+
+
+def _defused_message(guard: ControlTokenGuard, m: Message) -> Message:
+    return replace(
+        m,
+        content=guard.defuse(m.content),
+        tool_calls=tuple(
+            ToolCall(guard.defuse(c.name), guard.defuse_all(c.arguments)) for c in m.tool_calls
+        ),
+        name=guard.defuse(m.name) if m.name is not None else None,
+    )
+
+
+def _defused_tool(guard: ControlTokenGuard, tool: ToolSpec) -> ToolSpec:
+    return replace(
+        tool,
+        description=guard.defuse(tool.description),
+        parameters=guard.defuse_all(tool.parameters),
+    )
 
 
 def _with_system(messages: list[Message], text: str) -> list[Message]:

@@ -41,6 +41,9 @@ class ModelSpec:
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = 40
+    # Used under a JSON grammar when the request sets no frequencyPenalty: a small base model
+    # otherwise tends to repeat one array item until maxOutputTokens.
+    json_frequency_penalty: float = 0.0
 
 
 def _gemma_chunks() -> list[Path]:
@@ -77,6 +80,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         filename="gemma-3-270m-q4_k_m.gguf",
         chunks=_gemma_chunks,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        json_frequency_penalty=0.3,
     ),
 )
 DEFAULT_MODEL = BUILTIN_MODELS[0].id

@@ -8,6 +8,7 @@ import pytest
 from conftest import FAST_MODEL, INSTRUCT_MODEL, Server
 from google import genai
 from google.genai import errors, types
+from pydantic import BaseModel
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +161,39 @@ def test_json_mode_with_schema_is_valid_json(client: genai.Client) -> None:
         assert isinstance(data["city"], str)
         assert len(data.get("tags", [])) <= 3
         assert isinstance(data["population"], int)
+
+
+def test_enum_mime_type_answers_one_of_the_values(client: genai.Client) -> None:
+    response = client.models.generate_content(
+        model=FAST_MODEL,
+        contents="Is the sky blue on a clear day? Answer yes or no.",
+        config=config(
+            response_mime_type="text/x.enum",
+            response_schema={"type": "STRING", "enum": ["yes", "no"]},
+            max_output_tokens=10,
+        ),
+    )
+    assert response.text in ("yes", "no")
+
+
+def test_pydantic_schema_parses_into_the_model(client: genai.Client) -> None:
+    class Recipe(BaseModel):
+        name: str
+        minutes: int
+        ingredients: list[str]
+
+    response = client.models.generate_content(
+        model=INSTRUCT_MODEL,
+        contents="Give me a pancake recipe.",
+        config=config(
+            temperature=0,
+            max_output_tokens=150,
+            response_mime_type="application/json",
+            response_schema=Recipe,
+        ),
+    )
+    assert isinstance(response.parsed, Recipe), response.text
+    assert response.parsed.ingredients
 
 
 WEATHER = types.FunctionDeclaration(

@@ -53,6 +53,7 @@ from flashlive.protocol.generate import (
 )
 
 JSON_MIME = "application/json"
+ENUM_MIME = "text/x.enum"
 TEXT_MIME = "text/plain"
 JSON_OPENERS = ("{", "```")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
@@ -70,6 +71,7 @@ class Prepared:
     params: SamplingParams
     stops: tuple[str, ...]
     forced_call: bool = False  # the output is one JSON function call (mode ANY)
+    enum_answer: bool = False  # the output is one JSON string, answered without its quotes
     capture_calls: bool = False  # watch the text for tool calls (mode AUTO)
     functions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -156,7 +158,13 @@ class GenerationService:
             max_tokens=max_tokens,
             seed=config.seed,
             presence_penalty=config.presence_penalty or 0.0,
-            frequency_penalty=config.frequency_penalty or 0.0,
+            frequency_penalty=(
+                config.frequency_penalty
+                if config.frequency_penalty is not None
+                else spec.json_frequency_penalty
+                if json_schema is not None
+                else 0.0
+            ),
             json_schema=json.dumps(json_schema) if json_schema is not None else None,
         )
         stops = tuple(config.stop_sequences or ()) + (rendered.stop if json_schema is None else ())
@@ -166,6 +174,7 @@ class GenerationService:
             params=params,
             stops=stops,
             forced_call=mode is FunctionCallingMode.ANY,
+            enum_answer=(config.response_mime_type or "").lower() == ENUM_MIME,
             capture_calls=mode is FunctionCallingMode.AUTO and bool(offered),
             functions=functions,
         )
@@ -224,7 +233,12 @@ class GenerationService:
         stops = StopMatcher(prepared.stops)
         split = MarkerSplit(TOOL_CALL_OPEN, JSON_OPENERS) if prepared.capture_calls else None
         trim = WhitespaceTrim()
-        forced: list[str] = [TOOL_CALL_OPEN] if prepared.forced_call else []
+        # A forced call or an enum answer is only meaningful whole: hold it back until the end.
+        held: list[str] | None = None
+        if prepared.forced_call:
+            held = [TOOL_CALL_OPEN]
+        elif prepared.enum_answer:
+            held = []
         cause = FinishCause.LENGTH
         stream = prepared.model.engine.stream(prepared.tokens, prepared.params)
         try:
@@ -237,8 +251,8 @@ class GenerationService:
                 elif piece.finish is not None:
                     cause = piece.finish
                     visible += stops.flush()
-                if forced:
-                    forced.append(visible)
+                if held is not None:
+                    held.append(visible)
                     visible = ""
                 elif split is not None:
                     visible = split.feed(visible)
@@ -255,7 +269,12 @@ class GenerationService:
         outcome.finish = (
             FinishReason.MAX_TOKENS if cause is FinishCause.LENGTH else FinishReason.STOP
         )
-        raw = "".join(forced) or (split.captured if split is not None else None)
+        if prepared.enum_answer:
+            if answer := _json_string("".join(held or [])):
+                outcome.text += answer
+                yield answer
+            return
+        raw = "".join(held) if held is not None else (split.captured if split else None)
         if not raw:
             return
         parsed = _parse_calls(raw, prepared.functions)
@@ -290,6 +309,14 @@ def _usage(prompt: int, generated: int) -> UsageMetadata:
             else None
         ),
     )
+
+
+def _json_string(raw: str) -> str:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return ""  # cut short by maxOutputTokens: finishReason says so
+    return value if isinstance(value, str) else ""
 
 
 def _parse_calls(raw: str, functions: dict[str, dict[str, Any]]) -> list[FunctionCall] | None:
@@ -448,10 +475,15 @@ def _response_schema(config: GenerationConfig) -> dict[str, Any] | None:
         if has_schema:
             raise InvalidArgument("responseSchema needs responseMimeType application/json")
         return None
+    if mime == ENUM_MIME:
+        schema = config.response_schema
+        if schema is None or not schema.enum:
+            raise InvalidArgument(f"responseMimeType {ENUM_MIME} needs a responseSchema with enum")
+        return {"type": "string", "enum": list(schema.enum)}
     if mime != JSON_MIME:
         raise InvalidArgument(
             f"responseMimeType {config.response_mime_type!r} is not supported; "
-            f"use {TEXT_MIME} or {JSON_MIME}"
+            f"use {TEXT_MIME}, {JSON_MIME} or {ENUM_MIME}"
         )
     if config.response_schema is not None and config.response_json_schema is not None:
         raise InvalidArgument("give responseSchema or responseJsonSchema, not both")

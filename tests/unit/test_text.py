@@ -50,3 +50,17 @@ def test_whitespace_trim_drops_leading_and_trailing() -> None:
     out = "".join(trim.feed(p) for p in ["  \n", " Hello", " world", "\n", "\n"])
     assert out == "Hello world"
     assert trim.feed("again") == "\n\nagain"
+
+
+def test_a_longer_stop_that_began_earlier_wins_over_a_later_short_one() -> None:
+    matcher = StopMatcher(["X", "YXX"])
+    assert matcher.feed("aYX") == "a"
+    assert matcher.feed("X") == ""
+    assert matcher.stopped
+
+
+def test_flush_still_cuts_at_a_stop_inside_the_held_text() -> None:
+    matcher = StopMatcher(["X", "YXX"])
+    assert matcher.feed("aYX") == "a"
+    assert matcher.flush() == "Y"
+    assert matcher.stopped

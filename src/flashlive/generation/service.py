@@ -246,11 +246,11 @@ class GenerationService:
                 if piece.token_id is not None:
                     outcome.generated += 1
                 visible = stops.feed(piece.text)
-                if stops.stopped:
-                    cause = FinishCause.END_OF_TURN
-                elif piece.finish is not None:
+                if piece.finish is not None and not stops.stopped:
                     cause = piece.finish
                     visible += stops.flush()
+                if stops.stopped:
+                    cause = FinishCause.END_OF_TURN
                 if held is not None:
                     held.append(visible)
                     visible = ""

@@ -29,18 +29,30 @@ class StopMatcher:
         if self.stopped:
             return ""
         buffer = self._held + text
-        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
-        if hits:
+        hit = self._first_hit(buffer)
+        hold = _partial_suffix(buffer, self._stops)
+        # A longer stop sequence that has begun before the hit may still match: wait for it.
+        if hit is not None and hit <= len(buffer) - hold:
             self.stopped = True
             self._held = ""
-            return buffer[: min(hits)]
-        hold = _partial_suffix(buffer, self._stops)
+            return buffer[:hit]
         self._held = buffer[len(buffer) - hold :]
         return buffer[: len(buffer) - hold]
 
+    def _first_hit(self, buffer: str) -> int | None:
+        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        return min(hits) if hits else None
+
     def flush(self) -> str:
+        """The held text at the end of the stream, cut at a stop sequence it may contain."""
         rest, self._held = self._held, ""
-        return "" if self.stopped else rest
+        if self.stopped:
+            return ""
+        hit = self._first_hit(rest)
+        if hit is None:
+            return rest
+        self.stopped = True
+        return rest[:hit]
 
 
 class MarkerSplit:

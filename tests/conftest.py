@@ -13,6 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import settings
+
+# The suite runs in CI on every submission: property tests replay the same examples each run, so a
+# failure there is reproducible; explore more with `--hypothesis-profile=explore`.
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", max_examples=5000, deadline=None)
+settings.load_profile("repeatable")
 
 FAST_MODEL = "gemma-3-270m"
 INSTRUCT_MODEL = "qwen2.5-coder-1.5b-instruct"

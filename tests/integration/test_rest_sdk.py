@@ -309,7 +309,12 @@ def test_errors_reach_the_sdk_in_gemini_shape(client: genai.Client) -> None:
     with pytest.raises(errors.ClientError) as missing:
         client.models.generate_content(model="no-such-model", contents="hi")
     assert missing.value.code == 404 and missing.value.status == "NOT_FOUND"
-    for bad in (config(temperature=-1), config(candidate_count=2), config(max_output_tokens=10**7)):
+    for bad in (
+        config(temperature=-1),
+        config(candidate_count=2),
+        config(max_output_tokens=10**7),
+        config(response_logprobs=True),
+    ):
         with pytest.raises(errors.ClientError) as info:
             client.models.generate_content(model=FAST_MODEL, contents="hi", config=bad)
         assert info.value.code == 400 and info.value.status == "INVALID_ARGUMENT"

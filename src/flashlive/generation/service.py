@@ -111,6 +111,8 @@ class GenerationService:
         if request.cached_content:
             raise InvalidArgument("cachedContent is not supported by this server yet")
         config = request.generation_config or GenerationConfig()
+        if config.response_logprobs or config.logprobs:
+            raise InvalidArgument("responseLogprobs is not supported by this server yet")
         messages = _messages(request)
         tools = _tool_specs(request.tools)
         mode = _calling_mode(request, tools)

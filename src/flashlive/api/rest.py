@@ -145,7 +145,7 @@ class RestApi:
         if first is None:
             await chunks.aclose()
             return Response(status_code=499)
-        self._metrics.ttft.labels(model.removeprefix("models/"), "true").observe(
+        self._metrics.ttft.labels(first.model_version, "true").observe(
             time.perf_counter() - started
         )
 

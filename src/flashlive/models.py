@@ -127,7 +127,8 @@ def assemble(spec: ModelSpec, models_dir: Path) -> Path:
     """Return the model file, joining and verifying its chunks first when needed."""
     if spec.path is not None:
         return spec.path
-    assert spec.chunks is not None and spec.sha256 is not None
+    if spec.chunks is None or spec.sha256 is None:
+        raise ValueError(f"{spec.id}: a packaged model needs its chunks and SHA-256")
     target = models_dir / spec.filename
     stamp = target.with_name(target.name + ".sha256")
     if target.exists() and stamp.exists() and stamp.read_text().split() == _stamp(target, spec):

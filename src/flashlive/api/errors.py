@@ -41,7 +41,7 @@ def invalid_from_validation(exc: ValidationError) -> InvalidArgument:
     for err in exc.errors(include_url=False)[:5]:
         path = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            field, _, parent = path.rpartition(".")[2], None, path.rpartition(".")[0]
+            parent, _, field = path.rpartition(".")
             where = f" at '{parent}'" if parent else ""
             lines.append(f'Unknown name "{field}"{where}: Cannot find field.')
         else:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages flashlive needs, only those missing:
-#   runtime: a C/C++ toolchain and cmake (pip compiles llama.cpp once)
-#   dev:     + Node.js and npm (the JavaScript SDK tests)
+#   runtime: a C/C++ toolchain and cmake (pip compiles llama.cpp once), espeak-ng (fallback voice)
+#   dev:     + Node.js and npm (the JavaScript SDK tests), sox (test speech at 16 kHz)
 set -euo pipefail
-want=(gcc:gcc g++:g++ make:make cmake:cmake)
-[ "${1:-runtime}" = dev ] && want+=(node:nodejs npm:npm)
+want=(gcc:gcc g++:g++ make:make cmake:cmake espeak-ng:espeak-ng)
+[ "${1:-runtime}" = dev ] && want+=(node:nodejs npm:npm sox:sox)
 missing=()
 for pair in "${want[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

@@ -1,0 +1,134 @@
+"""One worker thread shared by many clients, served round-robin.
+
+Whisper and Piper each use every core they are given, so two calls at once only slow each other
+down: one thread runs them one after another. A plain FIFO would let a chatty session starve the
+others, so each client has its own queue and the thread takes one job from each client in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from flashlive.errors import ResourceExhausted, Unavailable
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Job:
+    client: str
+    fn: Callable[[], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+class FairWorker:
+    """Runs blocking callables on one thread; clients take turns, each in FIFO order."""
+
+    def __init__(self, name: str, *, max_pending: int = 64, max_per_client: int = 8) -> None:
+        if max_pending < 1 or max_per_client < 1:
+            raise ValueError("max_pending and max_per_client must be at least 1")
+        self.name = name
+        self._max_pending = max_pending
+        self._max_per_client = max_per_client
+        # Insertion order is the turn order: a served client moves to the back.
+        self._queues: dict[str, deque[_Job]] = {}
+        self._pending = 0
+        self._closed = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued and not yet started."""
+        with self._wake:
+            return self._pending
+
+    async def run(self, client: str, fn: Callable[[], T]) -> T:
+        """Runs `fn` on the worker thread when `client`'s turn comes; returns its result.
+
+        Cancelling the caller before the job starts removes the job, so no compute is wasted; once
+        started, the job finishes and its result is discarded.
+        """
+        job = self._submit(client, fn)
+        try:
+            result: T = await asyncio.wrap_future(job.future)
+        except asyncio.CancelledError:
+            self._withdraw(job)
+            raise
+        return result
+
+    def close(self) -> None:
+        """Refuses new jobs, cancels queued ones, and waits for the running one to finish."""
+        with self._wake:
+            self._closed = True
+            dropped = [job for queue in self._queues.values() for job in queue]
+            self._queues.clear()
+            self._pending = 0
+            self._wake.notify_all()
+        for job in dropped:
+            job.future.cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _submit(self, client: str, fn: Callable[[], Any]) -> _Job:
+        job = _Job(client, fn)
+        with self._wake:
+            if self._closed:
+                raise Unavailable(f"The {self.name} worker is shut down.")
+            queue = self._queues.get(client)
+            if queue is not None and len(queue) >= self._max_per_client:
+                raise ResourceExhausted(
+                    f"Too many {self.name} requests queued for this session "
+                    f"(limit {self._max_per_client}); wait for earlier ones to finish."
+                )
+            if self._pending >= self._max_pending:
+                raise ResourceExhausted(
+                    f"The {self.name} worker is overloaded ({self._pending} requests queued); "
+                    "retry later."
+                )
+            self._queues.setdefault(client, deque()).append(job)
+            self._pending += 1
+            self._wake.notify()
+        return job
+
+    def _withdraw(self, job: _Job) -> None:
+        with self._wake:
+            queue = self._queues.get(job.client)
+            if queue is None or job not in queue:
+                return  # already started (or finished): nothing to take back
+            queue.remove(job)
+            self._pending -= 1
+            if not queue:
+                del self._queues[job.client]
+
+    def _next(self) -> _Job | None:
+        with self._wake:
+            while not self._queues and not self._closed:
+                self._wake.wait()
+            if self._closed:
+                return None
+            client = next(iter(self._queues))
+            queue = self._queues.pop(client)
+            job = queue.popleft()
+            if queue:
+                self._queues[client] = queue
+            self._pending -= 1
+            return job
+
+    def _serve(self) -> None:
+        while (job := self._next()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = job.fn()
+            except BaseException as exc:  # the caller decides what the failure means
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)

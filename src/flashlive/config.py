@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(default=None, ge=1)
     max_queued: int = Field(default=64, ge=1)
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    live_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    live_send_timeout_s: float = Field(default=10.0, gt=0)  # a Live client that stops reading
+    tts: str = Field(default="auto", pattern="^(auto|piper|espeak)$")  # auto: Piper, else espeak-ng
     log_level: str = "info"
 
     def keys(self) -> frozenset[str]:

@@ -11,18 +11,21 @@ from flashlive.api.app import build_app
 from flashlive.auth import ApiKeys
 from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.generation.service import GenerationService
+from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.models import BUILTIN_MODELS, ModelManager
 
 
 def client(tmp_path: Path, keys: frozenset[str] = frozenset()) -> httpx.AsyncClient:
     models = ModelManager(list(BUILTIN_MODELS), models_dir=tmp_path, options=LlamaCppOptions())
+    service = GenerationService(models, output_token_limit=64)
     app = build_app(
         models=models,
-        service=GenerationService(models, output_token_limit=64),
+        service=service,
         keys=ApiKeys(keys),
         default_model=BUILTIN_MODELS[0].id,
         max_request_bytes=2048,
         context_size=512,
+        live=LiveServices(models, service, Perception(), LiveLimits()),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 

@@ -13,11 +13,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flashlive.api.errors import error_response
+from flashlive.api.live import LiveApi
 from flashlive.api.metrics import Metrics, MetricsMiddleware
 from flashlive.api.rest import RestApi
 from flashlive.auth import ApiKeys
 from flashlive.errors import FlashliveError, InvalidArgument, NotFound
 from flashlive.generation.service import GenerationService
+from flashlive.live.services import LiveServices
 from flashlive.models import ModelManager
 
 OPEN_PATHS = frozenset({"/healthz"})
@@ -38,6 +40,10 @@ class AuthMiddleware:
                 if scope["type"] == "http":
                     await error_response(exc)(scope, receive, send)
                 else:
+                    # Accept first so the refusal carries a close code and reason: a handshake
+                    # refused with HTTP 403 tells a Live client nothing it can show.
+                    await receive()  # websocket.connect
+                    await send({"type": "websocket.accept"})
                     await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
                 return
         await self._app(scope, receive, send)
@@ -48,7 +54,7 @@ def presented_key(scope: Scope) -> str | None:
         if name == b"x-goog-api-key":
             return str(value.decode("latin-1"))
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    keys = query.get("key")
+    keys = query.get("key") or query.get("access_token")
     return keys[0] if keys else None
 
 
@@ -60,6 +66,7 @@ def build_app(
     default_model: str,
     max_request_bytes: int,
     context_size: int,
+    live: LiveServices,
 ) -> ASGIApp:
     metrics = Metrics(models)
     rest = RestApi(
@@ -96,6 +103,7 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *rest.routes(),
+            *LiveApi(live).routes(),
         ],
         exception_handlers={HTTPException: http_error, Exception: unhandled},
     )

@@ -9,7 +9,18 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from flashlive.errors import FlashliveError, Internal, InvalidArgument
+from flashlive.errors import (
+    FailedPrecondition,
+    FlashliveError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +58,36 @@ def invalid_from_validation(exc: ValidationError) -> InvalidArgument:
         else:
             lines.append(f"{path or 'request'}: {err['msg']}")
     return InvalidArgument("Invalid JSON payload received. " + " ".join(lines))
+
+
+# WebSocket close codes (RFC 6455 §7.4.1): a bad payload is 1007, a message the session's state or
+# policy forbids is 1008, an oversize frame 1009, an overloaded server 1013, anything else 1011.
+_CLOSE_CODES: tuple[tuple[type[FlashliveError], int], ...] = (
+    (PayloadTooLarge, 1009),
+    (InvalidArgument, 1007),
+    (FailedPrecondition, 1008),
+    (Unauthenticated, 1008),
+    (PermissionDenied, 1008),
+    (NotFound, 1008),
+    (ResourceExhausted, 1013),
+    (Unavailable, 1013),
+)
+MAX_CLOSE_REASON_BYTES = 123  # the close frame's payload limit, less its 2-byte code
+
+
+def close_code(exc: BaseException) -> int:
+    for kind, code in _CLOSE_CODES:
+        if isinstance(exc, kind):
+            return code
+    return 1011
+
+
+def close_reason(exc: BaseException) -> str:
+    """The human-readable reason, cut to what a close frame can carry."""
+    if not isinstance(exc, FlashliveError):
+        log.error("unhandled error in a Live session", exc_info=exc)
+        return "internal error; the server log has the details"
+    raw = exc.message.encode()
+    if len(raw) <= MAX_CLOSE_REASON_BYTES:
+        return exc.message
+    return raw[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."

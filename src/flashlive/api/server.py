@@ -18,6 +18,7 @@ from flashlive.auth import ApiKeys
 from flashlive.config import Settings
 from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.generation.service import GenerationService
+from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
 from flashlive.tls import TlsFiles, ensure_local_tls, user_tls
 
@@ -99,6 +100,16 @@ async def serve(settings: Settings) -> None:
         ),
     )
     service = GenerationService(models, output_token_limit=settings.output_token_limit)
+    perception = Perception(tts=settings.tts)
+    live = LiveServices(
+        models=models,
+        generation=service,
+        perception=perception,
+        limits=LiveLimits(
+            max_frame_bytes=settings.live_max_frame_bytes,
+            send_timeout_s=settings.live_send_timeout_s,
+        ),
+    )
     app = build_app(
         models=models,
         service=service,
@@ -106,6 +117,7 @@ async def serve(settings: Settings) -> None:
         default_model=default_model,
         max_request_bytes=settings.max_request_bytes,
         context_size=settings.context_size,
+        live=live,
     )
 
     def listener(port: int, files: TlsFiles | None = None) -> _Server:
@@ -119,6 +131,11 @@ async def serve(settings: Settings) -> None:
                 timeout_graceful_shutdown=5,
                 ssl_certfile=str(files.cert) if files else None,
                 ssl_keyfile=str(files.key) if files else None,
+                # The websockets implementation waits for the socket to drain on every send,
+                # which is what bounds a Live session's memory when its client stops reading.
+                ws="websockets",
+                # Up to twice our limit reaches the session, which names the limit in its reason.
+                ws_max_size=2 * settings.live_max_frame_bytes,
             )
         )
 
@@ -143,10 +160,15 @@ async def serve(settings: Settings) -> None:
             await models.get(default_model)
         except Exception:
             log.exception("the default model failed to load; /healthz stays 503")
+        try:
+            await perception.warm_up()
+        except Exception:
+            log.exception("a speech model failed to load; Live sessions will retry")
 
     loader = asyncio.create_task(load_default())
     try:
         await asyncio.gather(*(s.serve() for s in servers))
     finally:
         loader.cancel()
+        perception.close()
         await models.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -23,3 +24,14 @@ class OpenWire(Wire):
     """A wire message we read only partly: fields we do not act on are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+def decode_base64(data: str) -> bytes:
+    """Bytes of a base64 field: the SDKs send either alphabet (Python's is URL-safe).
+
+    Raises ValueError when `data` is not base64 in either alphabet.
+    """
+    if "-" in data or "_" in data:
+        data = data.replace("-", "+").replace("_", "/")
+    data += "=" * (-len(data) % 4)
+    return base64.b64decode(data, validate=True)

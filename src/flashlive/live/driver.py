@@ -1,0 +1,662 @@
+"""The asyncio side of one Live session: tasks, queues and models around `live/session.py`.
+
+One TaskGroup per session holds four long-lived tasks:
+
+    receive ──► audio queue ──► listen (VAD, ASR) ──┐
+       │                                            ├──► turn queue ──► turns ──► outbox ──► send
+       └──── text, clientContent, toolResponse ─────┘
+
+Every queue between them is bounded. A model turn runs as two tasks of the same group: a
+producer (text generation, and speech synthesis clause by clause) that writes into the turn's
+own queue, and a forwarder that moves those messages to the outbox once the turn is committed.
+That split is what lets a turn start *speculatively* while the user is still in the silence
+that may end their utterance: its output waits, unsent, until the silence is long enough (then
+it is released at once) or the user speaks again (then it is dropped).
+
+Back-pressure: a client that sends audio faster than it is processed blocks the receive task
+(TCP pushes back on it); a client that stops reading fills the outbox, and a turn that cannot
+hand it a message for `send_timeout_s` closes the session (1008). Memory per session is
+bounded by those queues plus one answer of at most maxOutputTokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import ValidationError
+
+from flashlive.api.errors import close_code, close_reason, invalid_from_validation
+from flashlive.errors import FailedPrecondition, InvalidArgument, PayloadTooLarge
+from flashlive.live.services import LiveServices
+from flashlive.live.session import Conversation, LiveConfig, SpokenLog
+from flashlive.perception.audio import (
+    INPUT_RATE,
+    OUTPUT_RATE,
+    Resampler,
+    parse_pcm_mime,
+    pcm16_to_float,
+)
+from flashlive.perception.speech_text import ClauseSplitter, speakable
+from flashlive.perception.vad import (
+    SpeechEnded,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    VadEvent,
+    VadStream,
+)
+from flashlive.protocol.base import decode_base64
+from flashlive.protocol.content import (
+    Blob,
+    Content,
+    FunctionCall,
+    FunctionCallingConfig,
+    FunctionCallingMode,
+    Part,
+    Role,
+    ToolConfig,
+)
+from flashlive.protocol.generate import (
+    GenerateContentRequest,
+    Modality,
+    ModalityTokenCount,
+    UsageMetadata,
+)
+from flashlive.protocol.live import (
+    ClientContent,
+    ClientMessage,
+    LiveUsageMetadata,
+    RealtimeInput,
+    ResponseModality,
+    ServerContent,
+    ServerMessage,
+    SetupComplete,
+    ToolCall,
+    ToolCallCancellation,
+    Transcription,
+)
+
+log = logging.getLogger(__name__)
+
+AUDIO_CHUNK_S = 0.5  # spoken answers leave in pieces this long, so playback starts early
+MAX_UTTERANCE_S = 30.0  # manual activity longer than this is cut (Whisper's window)
+
+
+class Transport(Protocol):
+    async def receive(self) -> str | bytes | None:
+        """The next frame, or None once the client has gone."""
+
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class ClientGone(Exception):
+    """The client closed the connection: the session ends quietly."""
+
+
+@dataclass(frozen=True)
+class AudioIn:
+    samples: np.ndarray  # float32 at 16 kHz
+
+
+class Mark:
+    """In-band signals on the audio queue, kept in order with the audio around them."""
+
+
+FLUSH, ACTIVITY_START, ACTIVITY_END = Mark(), Mark(), Mark()
+
+
+@dataclass
+class UserTurn:
+    user: Content | None  # None: the turn is the pending clientContent
+    transcript: str | None = None
+    draft: ModelTurn | None = None
+    answers_tools: bool = False
+
+
+@dataclass
+class Spoken:
+    """A clause that was sent as audio: kept in the turn's queue in order with its audio."""
+
+    text: str
+    seconds: float
+
+
+class LiveSession:
+    def __init__(self, transport: Transport, services: LiveServices) -> None:
+        self.id = secrets.token_hex(6)
+        self.transport = transport
+        self.services = services
+        limits = services.limits
+        self.outbox: asyncio.Queue[ServerMessage] = asyncio.Queue(limits.outbox_size)
+        self.audio: asyncio.Queue[AudioIn | Mark] = asyncio.Queue(limits.audio_queue_size)
+        self.turns: asyncio.Queue[UserTurn] = asyncio.Queue(limits.turn_queue_size)
+        self.conversation = Conversation()
+        self.config: LiveConfig | None = None
+        self.tg: asyncio.TaskGroup | None = None
+        self.active: ModelTurn | None = None  # the committed turn being answered or played
+        self.speculation: Speculation | None = None
+        self.finish_lock = asyncio.Lock()
+        self.resamplers: dict[int, Resampler] = {}
+        self.samples_in = 0  # 16 kHz samples received: the session's audio clock
+        self.in_activity: list[np.ndarray] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        failure: BaseException | None = None
+        try:
+            self.config = await self._setup()
+            async with asyncio.TaskGroup() as tg:
+                self.tg = tg
+                tg.create_task(self._send_loop())
+                tg.create_task(self._receive_loop())
+                tg.create_task(self._listen_loop())
+                tg.create_task(self._turn_loop())
+        except* ClientGone:
+            log.info("live session %s: client closed", self.id)
+        except* Exception as group:
+            failure = group.exceptions[0]
+        if failure is not None:
+            code, reason = close_code(failure), close_reason(failure)
+            log.info("live session %s: closing %d (%s)", self.id, code, reason)
+            with contextlib.suppress(TimeoutError, OSError, RuntimeError):
+                await asyncio.wait_for(self.transport.close(code, reason), timeout=2.0)
+
+    async def _setup(self) -> LiveConfig:
+        raw = await self._receive_frame()
+        try:
+            message = ClientMessage.model_validate_json(raw)
+        except ValidationError as exc:
+            raise FailedPrecondition(
+                "invalid setup: " + invalid_from_validation(exc).message.split(". ", 1)[-1]
+            ) from None
+        if message.setup is None:
+            raise FailedPrecondition(f"the first message must be setup, not {message.kind}")
+        config = LiveConfig.from_setup(message.setup)
+        await self.services.models.get(config.model)  # NotFound → 1008 with its message
+        perception = self.services.perception
+        await perception.vad.get()
+        await perception.asr.get()
+        if config.modality is ResponseModality.AUDIO:
+            await perception.tts.get()
+        log.info(
+            "live session %s: model %s, %s out, %s activity detection",
+            self.id,
+            config.model,
+            config.modality,
+            "automatic" if config.automatic_activity else "manual",
+        )
+        await self.transport.send(
+            ServerMessage(setup_complete=SetupComplete(session_id=self.id)).to_json()
+        )
+        return config
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        assert self.tg is not None
+        return self.tg.create_task(coro)
+
+    # --- out ------------------------------------------------------------------------------
+
+    async def emit(self, message: ServerMessage) -> None:
+        try:
+            await asyncio.wait_for(self.outbox.put(message), self.services.limits.send_timeout_s)
+        except TimeoutError:
+            raise FailedPrecondition(
+                f"the client read nothing for {self.services.limits.send_timeout_s:g} s; "
+                "the session is closed"
+            ) from None
+
+    async def _send_loop(self) -> None:
+        while True:
+            message = await self.outbox.get()
+            await self.transport.send(message.to_json())
+
+    # --- in -------------------------------------------------------------------------------
+
+    async def _receive_frame(self) -> str | bytes:
+        raw = await self.transport.receive()
+        if raw is None:
+            raise ClientGone
+        limit = self.services.limits.max_frame_bytes
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"a frame of {len(raw)} bytes exceeds the {limit}-byte limit")
+        return raw
+
+    async def _receive_loop(self) -> None:
+        while True:
+            raw = await self._receive_frame()
+            try:
+                message = ClientMessage.model_validate_json(raw)
+            except ValidationError as exc:
+                raise invalid_from_validation(exc) from None
+            if message.setup is not None:
+                raise FailedPrecondition("setup may be sent only once, as the first message")
+            if message.client_content is not None:
+                await self._client_content(message.client_content)
+            elif message.realtime_input is not None:
+                await self._realtime_input(message.realtime_input)
+            elif message.tool_response is not None:
+                responses = message.tool_response.function_responses
+                answer = self.conversation.answer_calls(responses)
+                await self._user_turn(UserTurn(answer, answers_tools=True))
+
+    async def _client_content(self, content: ClientContent) -> None:
+        self.conversation.add_client_turns(content.turns or [])
+        if content.turn_complete:
+            if not self.conversation.pending:
+                raise InvalidArgument("clientContent.turnComplete with no turns to answer")
+            self._barge_in()
+            await self._user_turn(UserTurn(None))
+
+    async def _realtime_input(self, given: RealtimeInput) -> None:
+        config = self.conf
+        if given.text is not None and given.text.strip():
+            self._barge_in()
+            await self._user_turn(UserTurn(_user_text(given.text), transcript=None))
+        if given.audio is not None:
+            await self._audio_in(given.audio, "realtimeInput.audio")
+        for i, blob in enumerate(given.media_chunks or []):
+            await self._audio_in(blob, f"realtimeInput.mediaChunks[{i}]")
+        if given.video is not None:
+            raise InvalidArgument("realtimeInput.video is not supported by this server yet")
+        if given.audio_stream_end:
+            await self.audio.put(FLUSH)
+        for signal, mark, name in (
+            (given.activity_start, ACTIVITY_START, "activityStart"),
+            (given.activity_end, ACTIVITY_END, "activityEnd"),
+        ):
+            if signal is None:
+                continue
+            if config.automatic_activity:
+                raise FailedPrecondition(
+                    f"{name} needs realtimeInputConfig.automaticActivityDetection.disabled"
+                )
+            await self.audio.put(mark)
+
+    async def _audio_in(self, blob: Blob, where: str) -> None:
+        try:
+            rate = parse_pcm_mime(blob.mime_type)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}: {exc.message}") from None
+        try:
+            pcm = decode_base64(blob.data)
+        except ValueError:
+            raise InvalidArgument(f"{where}.data is not valid base64") from None
+        samples = pcm16_to_float(pcm)
+        if rate != INPUT_RATE:
+            resampler = self.resamplers.get(rate)
+            if resampler is None:
+                resampler = self.resamplers[rate] = Resampler(rate, INPUT_RATE)
+            samples = resampler.feed(samples)
+        if samples.size:
+            await self.audio.put(AudioIn(samples))
+
+    async def _user_turn(self, turn: UserTurn) -> None:
+        try:
+            self.turns.put_nowait(turn)
+        except asyncio.QueueFull:
+            raise FailedPrecondition(
+                f"{self.turns.maxsize} turns are already waiting for an answer"
+            ) from None
+
+    @property
+    def conf(self) -> LiveConfig:
+        assert self.config is not None
+        return self.config
+
+    # --- listening ------------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        config = self.conf
+        vad = VadStream(await self.services.perception.vad.get(), config.vad)
+        while True:
+            item = await self.audio.get()
+            if isinstance(item, AudioIn):
+                self.samples_in += item.samples.size
+                if config.automatic_activity:
+                    for event in await asyncio.to_thread(vad.feed, item.samples):
+                        self._on_vad(event)
+                elif self.in_activity is not None:
+                    self.in_activity.append(item.samples)
+                    if sum(a.size for a in self.in_activity) >= MAX_UTTERANCE_S * INPUT_RATE:
+                        self._end_activity()
+            elif item is FLUSH:
+                if config.automatic_activity:
+                    for event in vad.flush():
+                        self._on_vad(event)
+                elif self.in_activity is not None:
+                    self._end_activity()
+            elif item is ACTIVITY_START:
+                self._barge_in()
+                self.in_activity = []
+            elif item is ACTIVITY_END and self.in_activity is not None:
+                self._end_activity()
+
+    def _end_activity(self) -> None:
+        audio = np.concatenate(self.in_activity) if self.in_activity else np.zeros(0, np.float32)
+        self.in_activity = None
+        if audio.size:
+            self.spawn(self._finish_utterance(audio, None))
+
+    def _on_vad(self, event: VadEvent) -> None:
+        if isinstance(event, SpeechStarted):
+            self._drop_speculation()
+            self._barge_in()
+        elif isinstance(event, SpeechPaused):
+            if self.active is None and self.turns.empty():
+                task = self.spawn(self._speculate(event.audio))
+                self.speculation = Speculation(event.sample, task)
+        elif isinstance(event, SpeechResumed):
+            self._drop_speculation()
+        elif isinstance(event, SpeechEnded):
+            speculation = self.speculation
+            self.speculation = None
+            if speculation is not None and speculation.sample != event.sample:
+                speculation.cancel()
+                speculation = None
+            self.spawn(self._finish_utterance(event.audio, speculation))
+
+    def _drop_speculation(self) -> None:
+        if self.speculation is not None:
+            self.speculation.cancel()
+            self.speculation = None
+
+    async def _transcribe(self, audio: np.ndarray) -> str:
+        transcriber = await self.services.perception.asr.get()
+        return (await transcriber.transcribe(self.id, audio)).text.strip()
+
+    async def _speculate(self, audio: np.ndarray) -> ModelTurn | None:
+        """Transcribe and start answering during the silence that may end the utterance."""
+        text = await self._transcribe(audio)
+        if not text:
+            return None
+        return ModelTurn.start(self, _user_text(text), text)
+
+    async def _finish_utterance(self, audio: np.ndarray, speculation: Speculation | None) -> None:
+        # Utterances end in order: a short one must not overtake the long one before it.
+        async with self.finish_lock:
+            draft = await speculation.result() if speculation is not None else None
+            if draft is not None:
+                await self._user_turn(UserTurn(draft.user, draft.transcript, draft=draft))
+                return
+            text = await self._transcribe(audio)
+            if text:
+                await self._user_turn(UserTurn(_user_text(text), transcript=text))
+
+    # --- answering ------------------------------------------------------------------------
+
+    async def _turn_loop(self) -> None:
+        while True:
+            pending = await self.turns.get()
+            turn = pending.draft
+            if turn is not None and turn.version != self.conversation.version:
+                turn.cancel()  # history moved on while it was drafted
+                turn = None
+            if turn is None:
+                turn = ModelTurn.start(
+                    self, pending.user, pending.transcript, answers_tools=pending.answers_tools
+                )
+            self.conversation.commit_user(turn.user)
+            self.active = turn
+            turn.commit()
+            await turn.finished.wait()
+            if not turn.interrupted:
+                await turn.playback_ends()
+            if self.active is turn:
+                self.active = None
+
+    def _barge_in(self) -> None:
+        """The user started a new turn: stop the model's answer, keep what was heard of it."""
+        if not self.conf.interrupts:
+            return
+        turn = self.active
+        if turn is not None and not turn.interrupted:
+            self.active = None
+            turn.interrupted = True
+            heard = turn.heard()
+            turn.cancel()
+            if turn.sent_all:  # recorded whole, but the user cut in while it was playing
+                self.conversation.replace_last_model(heard)
+            else:
+                self.conversation.record_model(heard, [])
+            log.info("live session %s: interrupted; kept %d chars heard", self.id, len(heard))
+            self._emit_soon(ServerMessage(server_content=ServerContent(interrupted=True)))
+        ids = self.conversation.cancel_calls()
+        if ids:
+            self._emit_soon(ServerMessage(tool_call_cancellation=ToolCallCancellation(ids=ids)))
+
+    def _emit_soon(self, message: ServerMessage) -> None:
+        """Queue a message now, ahead of anything a later turn sends."""
+        try:
+            self.outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self.spawn(self.emit(message))
+
+
+@dataclass
+class Speculation:
+    sample: int  # where the voiced audio it transcribed ends, on the session's 16 kHz clock
+    task: asyncio.Task[ModelTurn | None]
+
+    def cancel(self) -> None:
+        if self.task.done() and not self.task.cancelled() and self.task.exception() is None:
+            turn = self.task.result()
+            if turn is not None:
+                turn.cancel()
+        self.task.cancel()
+
+    async def result(self) -> ModelTurn | None:
+        await asyncio.wait([self.task])  # a cancelled draft is no draft; cancelling us still works
+        return None if self.task.cancelled() else self.task.result()
+
+
+@dataclass
+class ModelTurn:
+    """One answer: generated (and spoken) into its own queue, sent once committed."""
+
+    session: LiveSession
+    user: Content | None
+    transcript: str | None
+    version: int
+    queue: asyncio.Queue[ServerMessage | Spoken | None] = field(default_factory=asyncio.Queue)
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    text: str = ""
+    sent_text: str = ""
+    calls: list[FunctionCall] = field(default_factory=list)
+    spoken: SpokenLog = field(default_factory=SpokenLog)
+    first_audio_at: float | None = None
+    interrupted: bool = False
+    sent_all: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        session: LiveSession,
+        user: Content | None,
+        transcript: str | None,
+        *,
+        answers_tools: bool = False,
+    ) -> ModelTurn:
+        turn = cls(session, user, transcript, session.conversation.version)
+        request = session.conversation.request(session.conf.base, user)
+        if answers_tools:
+            # Small models tend to call the same function again rather than use its result:
+            # the answer to a tool response is text.
+            request.tool_config = ToolConfig(
+                function_calling_config=FunctionCallingConfig(mode=FunctionCallingMode.NONE)
+            )
+        turn.tasks = [
+            session.spawn(turn._produce(request)),
+            session.spawn(turn._forward()),
+        ]
+        return turn
+
+    def commit(self) -> None:
+        self.committed.set()
+
+    def cancel(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.finished.set()
+
+    def heard(self) -> str:
+        if self.first_audio_at is None:
+            return self.sent_text
+        return self.spoken.heard(time.monotonic() - self.first_audio_at)
+
+    async def playback_ends(self) -> None:
+        """Wait while the client is still playing this turn's audio: the user may cut in."""
+        if self.first_audio_at is None:
+            return
+        left = self.first_audio_at + self.spoken.seconds - time.monotonic()
+        if left > 0:
+            self.finished.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), left)
+            self.finished.set()
+
+    def put(self, message: ServerMessage | Spoken | None) -> None:
+        self.queue.put_nowait(message)  # bounded by maxOutputTokens of this one answer
+
+    async def _produce(self, request: GenerateContentRequest) -> None:
+        session = self.session
+        config = session.conf
+        if self.transcript is not None and config.input_transcription:
+            self.put(
+                _content(input_transcription=Transcription(text=self.transcript, finished=True))
+            )
+        speaking = config.modality is ResponseModality.AUDIO
+        voice = Voice(self) if speaking else None
+        usage: UsageMetadata | None = None
+        try:
+            stream = session.services.generation.stream(config.model, request)
+            async for chunk in stream:
+                for part in chunk.candidates[0].content.parts:
+                    if part.text:
+                        self.text += part.text
+                        if voice is not None:
+                            voice.feed(part.text)
+                        else:
+                            self.put(_content(model_turn=_model_parts(Part(text=part.text))))
+                    elif part.function_call is not None:
+                        self.calls.append(part.function_call)
+                usage = chunk.usage_metadata or usage
+        except InvalidArgument as exc:
+            # The request was valid when each message arrived; what fails now is the session
+            # as a whole (its context is full, say): a policy close, not a bad frame.
+            raise FailedPrecondition(exc.message) from None
+        if voice is not None:
+            await voice.finish()
+        if self.calls:
+            self.put(ServerMessage(tool_call=ToolCall(function_calls=self.calls)))
+        else:
+            self.put(_content(generation_complete=True))
+        live_usage = _live_usage(usage, config.modality)
+        if self.calls:
+            self.put(ServerMessage(usage_metadata=live_usage))
+        else:
+            self.put(
+                ServerMessage(
+                    server_content=ServerContent(turn_complete=True), usage_metadata=live_usage
+                )
+            )
+        self.put(None)
+
+    async def _forward(self) -> None:
+        await self.committed.wait()
+        while (item := await self.queue.get()) is not None:
+            if isinstance(item, Spoken):
+                self.spoken.add(item.text, item.seconds)
+                continue
+            if item.tool_call is not None:  # answerable from the moment the client sees it
+                self.session.conversation.expect_calls(item.tool_call.function_calls)
+            content = item.server_content
+            if content is not None and content.model_turn is not None:
+                for part in content.model_turn.parts:
+                    if part.text:
+                        self.sent_text += part.text
+                    elif part.inline_data is not None and self.first_audio_at is None:
+                        self.first_audio_at = time.monotonic()
+            await self.session.emit(item)
+        self.session.conversation.record_model(self.text, self.calls)
+        self.sent_all = True
+        self.finished.set()
+
+
+class Voice:
+    """Speech for one turn: clauses are synthesised in order while the text keeps coming."""
+
+    def __init__(self, turn: ModelTurn) -> None:
+        self.turn = turn
+        self.splitter = ClauseSplitter()
+        self.clauses: asyncio.Queue[str | None] = asyncio.Queue()
+        self.task = turn.session.spawn(self._speak())
+        turn.tasks.append(self.task)
+
+    def feed(self, text: str) -> None:
+        for clause in self.splitter.feed(text):
+            self.clauses.put_nowait(clause)
+
+    async def finish(self) -> None:
+        for clause in self.splitter.flush():
+            self.clauses.put_nowait(clause)
+        self.clauses.put_nowait(None)
+        await self.task
+
+    async def _speak(self) -> None:
+        session = self.turn.session
+        synthesizer = await session.services.perception.tts.get()
+        transcribe_out = session.conf.output_transcription
+        while (clause := await self.clauses.get()) is not None:
+            words = speakable(clause)
+            if not words:
+                continue
+            pcm = await synthesizer.synthesize(session.id, words)
+            step = int(AUDIO_CHUNK_S * OUTPUT_RATE) * 2
+            for start in range(0, len(pcm), step):
+                blob = Blob(
+                    mime_type=f"audio/pcm;rate={OUTPUT_RATE}",
+                    data=base64.b64encode(pcm[start : start + step]).decode("ascii"),
+                )
+                self.turn.put(_content(model_turn=_model_parts(Part(inline_data=blob))))
+            self.turn.put(Spoken(clause, len(pcm) / 2 / OUTPUT_RATE))
+            if transcribe_out:
+                self.turn.put(_content(output_transcription=Transcription(text=clause)))
+
+
+def _user_text(text: str) -> Content:
+    return Content(role=Role.USER, parts=[Part(text=text)])
+
+
+def _model_parts(*parts: Part) -> Content:
+    return Content(role=Role.MODEL, parts=list(parts))
+
+
+def _content(**fields: Any) -> ServerMessage:
+    return ServerMessage(server_content=ServerContent(**fields))
+
+
+def _live_usage(usage: UsageMetadata | None, modality: ResponseModality) -> LiveUsageMetadata:
+    prompt = usage.prompt_token_count if usage else 0
+    response = (usage.candidates_token_count or 0) if usage else 0
+    out = Modality.AUDIO if modality is ResponseModality.AUDIO else Modality.TEXT
+    return LiveUsageMetadata(
+        prompt_token_count=prompt,
+        response_token_count=response,
+        total_token_count=prompt + response,
+        prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=prompt)],
+        response_tokens_details=[ModalityTokenCount(modality=out, token_count=response)],
+    )

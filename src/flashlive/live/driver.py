@@ -197,9 +197,7 @@ class LiveSession:
             config.modality,
             "automatic" if config.automatic_activity else "manual",
         )
-        await self.transport.send(
-            ServerMessage(setup_complete=SetupComplete(session_id=self.id)).to_json()
-        )
+        await self.emit(ServerMessage(setup_complete=SetupComplete(session_id=self.id)))
         return config
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

@@ -1,4 +1,4 @@
-"""The official JavaScript SDK (@google/genai) against the REST API of a real server."""
+"""The official JavaScript SDK (@google/genai) against the REST and Live APIs of a real server."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from conftest import FAST_MODEL, Server
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 SCRIPT = JS_DIR / "rest_sdk.mjs"
+LIVE_SCRIPT = JS_DIR / "live_sdk.mjs"
 SDK_DIR = JS_DIR / "node_modules" / "@google" / "genai"
 NODE = shutil.which("node")
 RUN_TIMEOUT_S = 120
@@ -27,13 +28,12 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def report(server: Server) -> dict[str, Any]:
-    """Runs the SDK script once against the server and returns the JSON line it printed."""
+def run_script(script: Path, server: Server) -> dict[str, Any]:
+    """Runs an SDK script against the server and returns the JSON line it printed."""
     assert NODE is not None
     env = {**os.environ, "FLASHLIVE_BASE_URL": server.base_url, "FLASHLIVE_MODEL": FAST_MODEL}
     result = subprocess.run(
-        [NODE, str(SCRIPT)],
+        [NODE, str(script)],
         capture_output=True,
         text=True,
         env=env,
@@ -42,7 +42,7 @@ def report(server: Server) -> dict[str, Any]:
     )
     if result.returncode != 0:
         pytest.fail(
-            f"{SCRIPT.name} exited with {result.returncode}\n"
+            f"{script.name} exited with {result.returncode}\n"
             f"stderr:\n{result.stderr}\nstdout:\n{result.stdout}\nserver log:\n{server.log()}"
         )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
@@ -50,6 +50,16 @@ def report(server: Server) -> dict[str, Any]:
     parsed = json.loads(lines[0])
     assert isinstance(parsed, dict)
     return parsed
+
+
+@pytest.fixture(scope="module")
+def report(server: Server) -> dict[str, Any]:
+    return run_script(SCRIPT, server)
+
+
+@pytest.fixture(scope="module")
+def live_report(server: Server) -> dict[str, Any]:
+    return run_script(LIVE_SCRIPT, server)
 
 
 def check_usage(usage: dict[str, Any]) -> None:
@@ -85,3 +95,29 @@ def test_unknown_model_is_not_found(report: dict[str, Any]) -> None:
     assert not_found["status"] == 404
     assert "no-such-model" in not_found["message"]
     assert "NOT_FOUND" in not_found["message"]
+
+
+def test_live_conversation(live_report: dict[str, Any]) -> None:
+    conversation = live_report["conversation"]
+    assert conversation["setupComplete"] is True
+    first, second = conversation["turns"]
+    # sendClientContent, then sendRealtimeInput({text}): each turn ends with turnComplete.
+    assert first["turnComplete"] is True
+    assert second["turnComplete"] is True
+    assert "paris" in first["text"].lower()
+    assert second["text"].strip()
+    for turn in (first, second):
+        assert turn["hasTotalTokenCount"] is True
+        usage = turn["usage"]
+        assert usage["totalTokenCount"] > 0
+        assert usage["totalTokenCount"] == usage["promptTokenCount"] + usage["responseTokenCount"]
+    # The second turn is answered with the first one in its context.
+    assert second["usage"]["promptTokenCount"] > first["usage"]["promptTokenCount"]
+
+
+def test_live_unknown_model_closes_with_policy_code(live_report: dict[str, Any]) -> None:
+    unknown = live_report["unknownModel"]
+    assert unknown["code"] == 1008
+    assert "no-such-model" in unknown["reason"]
+    # The session never became usable: `connect` waits for a setupComplete that never came.
+    assert unknown["connect"] == "pending"

@@ -39,6 +39,12 @@ class TurnCollector {
     this.waiter = null;
     this.failure = null;
     this.closeEvent = null;
+    // Rejects on the first error or close, so a session refused before setupComplete (which
+    // `connect` alone would wait for forever) fails at once.
+    this.failed = new Promise((_, reject) => {
+      this.rejectFailed = reject;
+    });
+    this.failed.catch(() => {});
   }
 
   onmessage(message) {
@@ -63,6 +69,7 @@ class TurnCollector {
 
   fail(error) {
     this.failure ??= error;
+    this.rejectFailed(this.failure);
     if (this.waiter) {
       const { reject } = this.waiter;
       this.waiter = null;
@@ -106,16 +113,17 @@ function summarizeTurn(messages) {
 
 async function conversation(ai, model) {
   const collector = new TurnCollector();
+  const connecting = ai.live.connect({
+    model,
+    config: CONFIG,
+    callbacks: {
+      onmessage: (m) => collector.onmessage(m),
+      onerror: (e) => collector.onerror(e),
+      onclose: (e) => collector.onclose(e),
+    },
+  });
   const session = await withTimeout(
-    ai.live.connect({
-      model,
-      config: CONFIG,
-      callbacks: {
-        onmessage: (m) => collector.onmessage(m),
-        onerror: (e) => collector.onerror(e),
-        onclose: (e) => collector.onclose(e),
-      },
-    }),
+    Promise.race([connecting, collector.failed]),
     STEP_TIMEOUT_MS,
     "setupComplete",
   );

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -47,6 +48,21 @@ class AuthMiddleware:
                     await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
                 return
         await self._app(scope, receive, send)
+
+
+class SlashMiddleware:
+    """`//ws/...` is `/ws/...`: the JavaScript SDK joins its base URL and path with two slashes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and "//" in scope["path"]:
+            scope = dict(scope, path=_SLASHES.sub("/", scope["path"]))
+        await self._app(scope, receive, send)
+
+
+_SLASHES = re.compile(r"/{2,}")
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -107,4 +123,4 @@ def build_app(
         ],
         exception_handlers={HTTPException: http_error, Exception: unhandled},
     )
-    return MetricsMiddleware(AuthMiddleware(app, keys), metrics)
+    return SlashMiddleware(MetricsMiddleware(AuthMiddleware(app, keys), metrics))

@@ -74,8 +74,13 @@ class FakeGeneration:
         self.pieces = pieces
         self.delay = delay
         self.requests: list[GenerateContentRequest] = []
+        self.warmed: list[GenerateContentRequest] = []
         self.cancelled = 0
         self.finished = 0
+
+    async def warm(self, model: str, request: GenerateContentRequest) -> bool:
+        self.warmed.append(request)
+        return True
 
     async def stream(
         self, model: str, request: GenerateContentRequest
@@ -271,5 +276,9 @@ async def test_speech_is_transcribed_into_a_user_turn() -> None:
     await transport.wait_for(has("turnComplete"))
     user = generation.requests[-1].contents[-1]
     assert user.role is Role.USER and user.parts[0].text == "what time is it"
+    # While the second of speech went on, the words so far were prefilled.
+    assert (
+        generation.warmed and generation.warmed[0].contents[-1].parts[0].text == user.parts[0].text
+    )
     transport.inbound.put_nowait(None)
     await task

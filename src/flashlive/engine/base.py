@@ -88,6 +88,14 @@ class Engine(Protocol):
         """
         ...
 
+    async def warm(self, prefix: Sequence[int]) -> bool:
+        """Compute the state of `prefix` ahead of a request that will start with it.
+
+        Only when the engine is otherwise idle: warming never delays a real request. Returns
+        whether it ran.
+        """
+        ...
+
     @property
     def cached_prefix(self) -> Sequence[int]:
         """Tokens whose state the engine holds right now (the prefix-reuse hook)."""

@@ -27,6 +27,8 @@ from flashlive.errors import InvalidArgument, ResourceExhausted
 log = logging.getLogger(__name__)
 
 Emit = Callable[[TokenPiece | BaseException], None]
+# Warming is speculative: it runs in small slices so a real request never waits long behind it.
+WARM_SLICE = 16
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ class LlamaCppEngine:
             if params.json_schema
             else None
         )
-        if not self._prefill(prompt, cancel):
+        if not self._prefill(prompt[:-1], cancel):
             emit(TokenPiece("", None, FinishCause.CANCELLED))
             return
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -227,16 +229,39 @@ class LlamaCppEngine:
                     break
         emit(TokenPiece(decoder.decode(b"", final=True), None, finish))
 
-    def _prefill(self, prompt: list[int], cancel: CancelToken) -> bool:
-        """Bring the KV state up to all but the last prompt token; False when cancelled.
+    async def warm(self, prefix: Sequence[int]) -> bool:
+        with self._state_lock:
+            if self._waiting or self._active or len(prefix) >= self._info.context_size:
+                return False
+            self._waiting += 1
+        loop = asyncio.get_running_loop()
+        cancel = CancelToken()
+        try:
+            return await loop.run_in_executor(self._executor, self._warm, list(prefix), cancel)
+        finally:
+            cancel.cancel()  # a caller that gave up stops the work at the next slice
 
-        Whatever prefix the state already holds is kept. `Llama.generate` then finds all but
-        the last token cached and evaluates just that one before sampling.
+    def _warm(self, prefix: list[int], cancel: CancelToken) -> bool:
+        with self._state_lock:
+            self._waiting -= 1
+            self._active += 1
+        try:
+            return self._prefill(prefix, cancel, step=WARM_SLICE)
+        finally:
+            with self._state_lock:
+                self._active -= 1
+
+    def _prefill(self, tokens: list[int], cancel: CancelToken, step: int | None = None) -> bool:
+        """Bring the KV state up to `tokens`; False when cancelled.
+
+        Whatever prefix the state already holds is kept. Generation prefills all but the last
+        prompt token: `Llama.generate` then finds them cached and evaluates just that one
+        before sampling.
         """
         llm = self._llm
         held = llm._input_ids
         reuse = 0
-        for a, b in zip(held, prompt[:-1], strict=False):
+        for a, b in zip(held, tokens, strict=False):
             if a != b:
                 break
             reuse += 1
@@ -245,11 +270,11 @@ class LlamaCppEngine:
                 llm.reset()
                 reuse = 0
             llm.n_tokens = reuse
-        step = self._options.prefill_slice
-        for start in range(reuse, len(prompt) - 1, step):
+        step = step or self._options.prefill_slice
+        for start in range(reuse, len(tokens), step):
             if cancel.cancelled:
                 return False
-            llm.eval(prompt[start : min(start + step, len(prompt) - 1)])
+            llm.eval(tokens[start : start + step])
         return not cancel.cancelled
 
     async def aclose(self) -> None:

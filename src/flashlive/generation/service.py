@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flashlive.engine import FinishCause, SamplingParams
-from flashlive.errors import InvalidArgument
+from flashlive.errors import FlashliveError, InvalidArgument
 from flashlive.generation.guard import ControlTokenGuard
 from flashlive.generation.prompt import (
     TOOL_CALL_CLOSE,
@@ -210,6 +210,15 @@ class GenerationService:
         final.candidates[0].finish_reason = outcome.finish
         final.usage_metadata = _usage(len(prepared.tokens), outcome.generated)
         yield final
+
+    async def warm(self, model: str, request: GenerateContentRequest) -> bool:
+        """Prefill what `request` renders to while the engine is idle: a later request that
+        shares its prefix (the same conversation, the user's final words) starts sooner."""
+        try:
+            prepared = await self.prepare(model, request)
+        except FlashliveError:
+            return False  # the real request will report it
+        return await prepared.model.engine.warm(prepared.tokens)
 
     async def generate(
         self,

@@ -89,6 +89,7 @@ log = logging.getLogger(__name__)
 
 AUDIO_CHUNK_S = 0.5  # spoken answers leave in pieces this long, so playback starts early
 MAX_UTTERANCE_S = 30.0  # manual activity longer than this is cut (Whisper's window)
+WARM_EVERY_S = 0.8  # while the user speaks, prefill their words so far this often
 
 
 class Transport(Protocol):
@@ -150,6 +151,8 @@ class LiveSession:
         self.resamplers: dict[int, Resampler] = {}
         self.samples_in = 0  # 16 kHz samples received: the session's audio clock
         self.in_activity: list[np.ndarray] | None = None
+        self.warming: asyncio.Task[None] | None = None
+        self.warmed_samples = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -325,6 +328,7 @@ class LiveSession:
                 if config.automatic_activity:
                     for event in await asyncio.to_thread(vad.feed, item.samples):
                         self._on_vad(event)
+                    self._maybe_warm(vad)
                 elif self.in_activity is not None:
                     self.in_activity.append(item.samples)
                     if sum(a.size for a in self.in_activity) >= MAX_UTTERANCE_S * INPUT_RATE:
@@ -347,17 +351,44 @@ class LiveSession:
         if audio.size:
             self.spawn(self._finish_utterance(audio, None))
 
+    def _maybe_warm(self, vad: VadStream) -> None:
+        """Prefill the words heard so far while the user is still speaking: when they stop,
+        only the last few words are new to the model."""
+        if not vad.in_speech or self.active is not None or self.speculation is not None:
+            return
+        if self.warming is not None and not self.warming.done():
+            return
+        audio = vad.utterance()
+        if audio is None or audio.size < self.warmed_samples + WARM_EVERY_S * INPUT_RATE:
+            return
+        self.warmed_samples = audio.size
+        self.warming = self.spawn(self._warm(audio))
+
+    async def _warm(self, audio: np.ndarray) -> None:
+        text = await self._transcribe(audio)
+        if text and self.active is None:
+            request = self.conversation.request(self.conf.base, _user_text(text))
+            await self.services.generation.warm(self.conf.model, request)
+
+    def _stop_warming(self) -> None:
+        if self.warming is not None:
+            self.warming.cancel()
+            self.warming = None
+
     def _on_vad(self, event: VadEvent) -> None:
         if isinstance(event, SpeechStarted):
+            self.warmed_samples = 0
             self._drop_speculation()
             self._barge_in()
         elif isinstance(event, SpeechPaused):
+            self._stop_warming()
             if self.active is None and self.turns.empty():
                 task = self.spawn(self._speculate(event.audio))
                 self.speculation = Speculation(event.sample, task)
         elif isinstance(event, SpeechResumed):
             self._drop_speculation()
         elif isinstance(event, SpeechEnded):
+            self._stop_warming()
             speculation = self.speculation
             self.speculation = None
             if speculation is not None and speculation.sample != event.sample:

@@ -47,7 +47,11 @@ def rms(pcm: bytes) -> float:
 
 
 # Whisper writes small numbers as digits; references spell them out.
-_NUMBERS = dict(enumerate("zero one two three four five six seven eight nine ten".split()))
+_NUMBERS = dict(
+    enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    )
+)
 
 
 def words(text: str) -> list[str]:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALL_INPUTS := pyproject.toml scripts/install.sh scripts/system-deps.sh scripts/constraints.txt
 
-.PHONY: serve test install install-dev lint bench
+.PHONY: serve test install install-dev lint bench bench-live
 
 $(VENV)/.installed: $(INSTALL_INPUTS)
 	scripts/install.sh runtime
@@ -31,3 +31,6 @@ test: lint
 
 bench: install-dev
 	$(BIN)/python -m benchmarks.rest
+
+bench-live: install-dev
+	$(BIN)/python -m benchmarks.live

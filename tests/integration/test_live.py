@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import websockets
@@ -429,3 +430,32 @@ async def test_raw_wire_shapes(server: Server) -> None:
                 break
     assert kinds[0] == "modelTurn" and kinds[-1] == "turnComplete"
     assert "generationComplete" in kinds
+
+
+def generations_running(server: Server) -> float:
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(("flashlive_generations_active{", "flashlive_generations_queued{"))
+    )
+
+
+async def test_a_disconnect_stops_the_answer_at_once(server: Server) -> None:
+    setup = {
+        "setup": {"model": f"models/{FAST_MODEL}", "generationConfig": {"maxOutputTokens": 2000}}
+    }
+    async with websockets.connect(ws_url(server)) as ws:
+        await ws.send(json.dumps(setup))
+        await ws.recv()
+        await ws.send(
+            json.dumps({"realtimeInput": {"text": "Write a very long essay about rivers."}})
+        )
+        first = json.loads(await ws.recv())
+        assert "modelTurn" in first["serverContent"]
+        assert generations_running(server) >= 1
+    # Closed mid-answer: the engine is free again well before 2000 tokens could be written.
+    deadline = time.monotonic() + 3.0
+    while generations_running(server) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert generations_running(server) == 0

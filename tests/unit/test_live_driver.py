@@ -18,6 +18,7 @@ import numpy as np
 from flashlive.errors import NotFound
 from flashlive.live.driver import LiveSession
 from flashlive.live.services import LiveLimits, LiveServices, Perception
+from flashlive.perception.asr import Transcript
 from flashlive.protocol.content import Content, Part, Role
 from flashlive.protocol.generate import (
     Candidate,
@@ -112,10 +113,11 @@ class FakeTranscriber:
     def __init__(self, text: str) -> None:
         self.text = text
         self.calls = 0
+        self.idle = True
 
-    async def transcribe(self, client: str, audio: np.ndarray) -> Any:
+    async def transcribe(self, client: str, audio: np.ndarray) -> Transcript:
         self.calls += 1
-        return type("T", (), {"text": self.text})()
+        return Transcript(self.text, 0.0, audio.size / 16000, 0.001)
 
     def close(self) -> None:
         pass

@@ -151,3 +151,18 @@ def test_chunking_does_not_change_the_pieces(text: str) -> None:
 )
 def test_speakable_removes_markup(text: str, spoken: str) -> None:
     assert speakable(text) == spoken
+
+
+def test_first_piece_can_be_cut_after_a_few_words_without_punctuation() -> None:
+    splitter = ClauseSplitter(first_max_words=4)
+    pieces = splitter.feed("The capital of France is Paris and it is lovely ")
+    assert pieces == ["The capital of France"]
+    # Later pieces wait for the sentence end as usual.
+    assert splitter.feed("in spring. ") == ["is Paris and it is lovely in spring."]
+    assert splitter.flush() == []
+
+
+def test_first_piece_prefers_an_earlier_clause_mark() -> None:
+    splitter = ClauseSplitter(first_max_words=6)
+    assert splitter.feed("Yes, of ") == []  # "Yes," alone is too short to say
+    assert splitter.feed("course, I think so ") == ["Yes, of course,"]

@@ -110,3 +110,46 @@ async def test_close_cancels_queued_jobs_and_refuses_new_ones() -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError):
         FairWorker("test", max_pending=0)
+
+
+async def test_batched_jobs_run_together_one_per_client() -> None:
+    worker = FairWorker("batch", max_pending=16, max_per_client=4, max_batch=3)
+    try:
+        release, blocker = await block(worker)
+        batches: list[list[str]] = []
+
+        def batch(items: list[str]) -> list[str]:
+            batches.append(items)
+            return [item.upper() for item in items]
+
+        submitted = [("a", "a1"), ("a", "a2"), ("b", "b1"), ("c", "c1"), ("d", "d1")]
+        tasks = [asyncio.create_task(worker.run_batched(c, i, batch)) for c, i in submitted]
+        await asyncio.sleep(0.05)
+        assert worker.pending == 5 and not worker.idle
+        release.set()
+        await blocker
+        results = await asyncio.gather(*tasks)
+        assert results == ["A1", "A2", "B1", "C1", "D1"]
+        # At most three per batch, never two of one client in a batch, turn order kept.
+        assert batches == [["a1", "b1", "c1"], ["d1", "a2"]]
+        assert worker.idle
+    finally:
+        worker.close()
+
+
+async def test_a_batch_failure_reaches_every_caller_in_it() -> None:
+    worker = FairWorker("batch", max_batch=4)
+    try:
+
+        def broken(items: list[int]) -> list[int]:
+            raise RuntimeError("model crashed")
+
+        release, blocker = await block(worker)
+        tasks = [asyncio.create_task(worker.run_batched(str(i), i, broken)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        release.set()
+        await blocker
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(o, RuntimeError) for o in outcomes)
+    finally:
+        worker.close()

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[TokenPiece | BaseException], None]
 # Warming is speculative: it runs in small slices so a real request never waits long behind it.
-WARM_SLICE = 16
+WARM_SLICE = 4
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ log = logging.getLogger(__name__)
 
 AUDIO_CHUNK_S = 0.5  # spoken answers leave in pieces this long, so playback starts early
 MAX_UTTERANCE_S = 30.0  # manual activity longer than this is cut (Whisper's window)
-WARM_EVERY_S = 0.8  # while the user speaks, prefill their words so far this often
+WARM_EVERY_S = 0.6  # while the user speaks, prefill their words so far this often
+FIRST_PIECE_WORDS = 4  # speech starts after this many words, even mid-sentence
 
 
 class Transport(Protocol):
@@ -123,6 +124,7 @@ class UserTurn:
     transcript: str | None = None
     draft: ModelTurn | None = None
     answers_tools: bool = False
+    asr_s: float | None = None
 
 
 @dataclass
@@ -148,10 +150,12 @@ class LiveSession:
         self.active: ModelTurn | None = None  # the committed turn being answered or played
         self.speculation: Speculation | None = None
         self.finish_lock = asyncio.Lock()
-        self.resamplers: dict[int, Resampler] = {}
+        self.resampler: Resampler | None = None  # for the rate the client sends at now
+        self.resampler_rate = INPUT_RATE
         self.samples_in = 0  # 16 kHz samples received: the session's audio clock
         self.in_activity: list[np.ndarray] | None = None
         self.warming: asyncio.Task[None] | None = None
+        self.last_asr_compute_s = 0.0
         self.warmed_samples = 0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -295,11 +299,11 @@ class LiveSession:
         except ValueError:
             raise InvalidArgument(f"{where}.data is not valid base64") from None
         samples = pcm16_to_float(pcm)
-        if rate != INPUT_RATE:
-            resampler = self.resamplers.get(rate)
-            if resampler is None:
-                resampler = self.resamplers[rate] = Resampler(rate, INPUT_RATE)
-            samples = resampler.feed(samples)
+        if rate != self.resampler_rate:
+            self.resampler_rate = rate
+            self.resampler = Resampler(rate, INPUT_RATE) if rate != INPUT_RATE else None
+        if self.resampler is not None:
+            samples = self.resampler.feed(samples)
         if samples.size:
             await self.audio.put(AudioIn(samples))
 
@@ -356,6 +360,9 @@ class LiveSession:
         only the last few words are new to the model."""
         if not vad.in_speech or self.active is not None or self.speculation is not None:
             return
+        transcriber = self.services.perception.asr.value
+        if transcriber is None or not transcriber.idle:
+            return  # other sessions' final words come first
         if self.warming is not None and not self.warming.done():
             return
         audio = vad.utterance()
@@ -368,7 +375,15 @@ class LiveSession:
         text = await self._transcribe(audio)
         if text and self.active is None:
             request = self.conversation.request(self.conf.base, _user_text(text))
-            await self.services.generation.warm(self.conf.model, request)
+            began = time.monotonic()
+            done = await self.services.generation.warm(self.conf.model, request)
+            log.debug(
+                "live session %s: warmed %r: %s in %.3f s",
+                self.id,
+                text,
+                "done" if done else "skipped",
+                time.monotonic() - began,
+            )
 
     def _stop_warming(self) -> None:
         if self.warming is not None:
@@ -403,14 +418,21 @@ class LiveSession:
 
     async def _transcribe(self, audio: np.ndarray) -> str:
         transcriber = await self.services.perception.asr.get()
-        return (await transcriber.transcribe(self.id, audio)).text.strip()
+        result = await transcriber.transcribe(self.id, audio)
+        self.last_asr_compute_s = result.compute_seconds
+        return result.text.strip()
 
     async def _speculate(self, audio: np.ndarray) -> ModelTurn | None:
         """Transcribe and start answering during the silence that may end the utterance."""
+        began = time.monotonic()
         text = await self._transcribe(audio)
         if not text:
             return None
-        return ModelTurn.start(self, _user_text(text), text)
+        turn = ModelTurn.start(self, _user_text(text), text)
+        turn.asr_s = turn.started - began
+        turn.asr_compute_s = self.last_asr_compute_s
+        turn.draft = True
+        return turn
 
     async def _finish_utterance(self, audio: np.ndarray, speculation: Speculation | None) -> None:
         # Utterances end in order: a short one must not overtake the long one before it.
@@ -419,9 +441,12 @@ class LiveSession:
             if draft is not None:
                 await self._user_turn(UserTurn(draft.user, draft.transcript, draft=draft))
                 return
+            began = time.monotonic()
             text = await self._transcribe(audio)
             if text:
-                await self._user_turn(UserTurn(_user_text(text), transcript=text))
+                turn = UserTurn(_user_text(text), transcript=text)
+                turn.asr_s = time.monotonic() - began
+                await self._user_turn(turn)
 
     # --- answering ------------------------------------------------------------------------
 
@@ -436,6 +461,7 @@ class LiveSession:
                 turn = ModelTurn.start(
                     self, pending.user, pending.transcript, answers_tools=pending.answers_tools
                 )
+                turn.asr_s = pending.asr_s
             self.conversation.commit_user(turn.user)
             self.active = turn
             turn.commit()
@@ -508,6 +534,13 @@ class ModelTurn:
     first_audio_at: float | None = None
     interrupted: bool = False
     sent_all: bool = False
+    draft: bool = False  # started speculatively, before the user's turn was known to be over
+    started: float = field(default_factory=time.monotonic)
+    asr_s: float | None = None
+    asr_compute_s: float | None = None
+    first_text_at: float | None = None
+    first_audio_at_made: float | None = None
+    committed_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -534,7 +567,27 @@ class ModelTurn:
         return turn
 
     def commit(self) -> None:
+        self.committed_at = time.monotonic()
         self.committed.set()
+
+    def log_timing(self) -> None:
+        """Where this turn's time went, relative to when generation started."""
+
+        def at(moment: float | None) -> str:
+            return "-" if moment is None else f"{moment - self.started:+.3f}"
+
+        log.info(
+            "live session %s turn timing: draft=%s asr=%s first_text=%s first_audio=%s "
+            "committed=%s done=%s asr_compute=%s",
+            self.session.id,
+            "yes" if self.draft else "no",
+            "-" if self.asr_s is None else f"{self.asr_s:.3f}",
+            at(self.first_text_at),
+            at(self.first_audio_at_made),
+            at(self.committed_at),
+            at(time.monotonic()),
+            "-" if self.asr_compute_s is None else f"{self.asr_compute_s:.3f}",
+        )
 
     def cancel(self) -> None:
         for task in self.tasks:
@@ -575,6 +628,8 @@ class ModelTurn:
             async for chunk in stream:
                 for part in chunk.candidates[0].content.parts:
                     if part.text:
+                        if self.first_text_at is None:
+                            self.first_text_at = time.monotonic()
                         self.text += part.text
                         if voice is not None:
                             voice.feed(part.text)
@@ -623,6 +678,7 @@ class ModelTurn:
         self.session.conversation.record_model(self.text, self.calls)
         self.sent_all = True
         self.finished.set()
+        self.log_timing()
 
 
 class Voice:
@@ -630,7 +686,7 @@ class Voice:
 
     def __init__(self, turn: ModelTurn) -> None:
         self.turn = turn
-        self.splitter = ClauseSplitter()
+        self.splitter = ClauseSplitter(first_max_words=FIRST_PIECE_WORDS)
         self.clauses: asyncio.Queue[str | None] = asyncio.Queue()
         self.task = turn.session.spawn(self._speak())
         turn.tasks.append(self.task)
@@ -654,6 +710,8 @@ class Voice:
             if not words:
                 continue
             pcm = await synthesizer.synthesize(session.id, words)
+            if self.turn.first_audio_at_made is None:
+                self.turn.first_audio_at_made = time.monotonic()
             step = int(AUDIO_CHUNK_S * OUTPUT_RATE) * 2
             for start in range(0, len(pcm), step):
                 blob = Blob(

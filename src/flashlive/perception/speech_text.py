@@ -49,15 +49,23 @@ class ClauseSplitter:
     """Cuts streamed text into speakable pieces.
 
     The first piece is released at the first clause boundary once it has `first_min_words`
-    words, so speech starts early; later pieces end at sentence ends or line breaks, or after
-    `max_words` words, since a long piece delays its own first audio.
+    words (or after `first_max_words` words, when given), so speech starts early; later pieces
+    end at sentence ends or line breaks, or after `max_words` words, since a long piece delays
+    its own first audio.
     """
 
-    def __init__(self, first_min_words: int = 3, max_words: int = 25) -> None:
+    def __init__(
+        self, first_min_words: int = 3, max_words: int = 25, first_max_words: int | None = None
+    ) -> None:
         if first_min_words < 1 or max_words < first_min_words:
             raise ValueError("need 1 <= first_min_words <= max_words")
+        if first_max_words is not None and first_max_words < first_min_words:
+            raise ValueError("need first_min_words <= first_max_words")
         self.first_min_words = first_min_words
         self.max_words = max_words
+        # A first piece cut after this many words even without punctuation: speech starts
+        # before a one-sentence answer is written to its end.
+        self.first_max_words = first_max_words
         self._buffer = ""
         self._first = True
 
@@ -93,7 +101,10 @@ class ClauseSplitter:
                 return cut
             if _word_count(self._buffer[: match.start()]) > self.max_words:
                 break
-        if len(_WORD_END.findall(self._buffer)) > self.max_words:
+        words = [m.end() for m in _WORD_END.finditer(self._buffer)]
+        if self._first and self.first_max_words and len(words) >= self.first_max_words:
+            return words[self.first_max_words - 1]
+        if len(words) > self.max_words:
             return self._forced_cut(self._buffer)
         return None
 

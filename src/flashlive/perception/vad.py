@@ -95,7 +95,7 @@ class VadSettings:
     end_threshold: float = 0.35
     start_ms: int = 64  # voiced time before a start is committed
     silence_ms: int = 400  # silence that ends a turn
-    pause_ms: int = 128  # silence after which a speculative pause fires
+    pause_ms: int = 64  # silence after which a speculative pause fires
     prefix_padding_ms: int = 256  # audio kept before the onset in utterance audio
     max_utterance_ms: int = 30_000  # longer utterances are ended (bounds memory and ASR time)
 

@@ -3,6 +3,10 @@
 Whisper and Piper each use every core they are given, so two calls at once only slow each other
 down: one thread runs them one after another. A plain FIFO would let a chatty session starve the
 others, so each client has its own queue and the thread takes one job from each client in turn.
+
+Jobs submitted with `run_batched` and the same batch function are taken together, one per client
+in turn order, up to `max_batch`: when eight sessions stop talking at once, Whisper decodes their
+eight utterances in one batch instead of making the last one wait for seven others.
 """
 
 from __future__ import annotations
@@ -20,25 +24,34 @@ from flashlive.errors import ResourceExhausted, Unavailable
 T = TypeVar("T")
 
 
+BatchFn = Callable[[list[Any]], list[Any]]
+
+
 @dataclass(eq=False)
 class _Job:
     client: str
-    fn: Callable[[], Any]
+    fn: Callable[[], Any] | None  # a job of its own, or
+    item: Any = None  # one item of a batch for `batch`
+    batch: BatchFn | None = None
     future: Future[Any] = field(default_factory=Future)
 
 
 class FairWorker:
     """Runs blocking callables on one thread; clients take turns, each in FIFO order."""
 
-    def __init__(self, name: str, *, max_pending: int = 64, max_per_client: int = 8) -> None:
-        if max_pending < 1 or max_per_client < 1:
-            raise ValueError("max_pending and max_per_client must be at least 1")
+    def __init__(
+        self, name: str, *, max_pending: int = 64, max_per_client: int = 8, max_batch: int = 1
+    ) -> None:
+        if max_pending < 1 or max_per_client < 1 or max_batch < 1:
+            raise ValueError("max_pending, max_per_client and max_batch must be at least 1")
         self.name = name
+        self._max_batch = max_batch
         self._max_pending = max_pending
         self._max_per_client = max_per_client
         # Insertion order is the turn order: a served client moves to the back.
         self._queues: dict[str, deque[_Job]] = {}
         self._pending = 0
+        self._running = False
         self._closed = False
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -50,19 +63,30 @@ class FairWorker:
         with self._wake:
             return self._pending
 
+    @property
+    def idle(self) -> bool:
+        """Nothing running and nothing queued: optional work may go ahead without delaying any."""
+        with self._wake:
+            return self._pending == 0 and not self._running
+
     async def run(self, client: str, fn: Callable[[], T]) -> T:
         """Runs `fn` on the worker thread when `client`'s turn comes; returns its result.
 
         Cancelling the caller before the job starts removes the job, so no compute is wasted; once
         started, the job finishes and its result is discarded.
         """
-        job = self._submit(client, fn)
+        return await self._await(self._submit(_Job(client, fn)))  # type: ignore[no-any-return]
+
+    async def run_batched(self, client: str, item: Any, batch: BatchFn) -> Any:
+        """Like `run`, for `batch([item])[0]`; queued items for the same `batch` run together."""
+        return await self._await(self._submit(_Job(client, None, item, batch)))
+
+    async def _await(self, job: _Job) -> Any:
         try:
-            result: T = await asyncio.wrap_future(job.future)
+            return await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:
             self._withdraw(job)
             raise
-        return result
 
     def close(self) -> None:
         """Refuses new jobs, cancels queued ones, and waits for the running one to finish."""
@@ -77,8 +101,8 @@ class FairWorker:
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
-    def _submit(self, client: str, fn: Callable[[], Any]) -> _Job:
-        job = _Job(client, fn)
+    def _submit(self, job: _Job) -> _Job:
+        client = job.client
         with self._wake:
             if self._closed:
                 raise Unavailable(f"The {self.name} worker is shut down.")
@@ -108,27 +132,54 @@ class FairWorker:
             if not queue:
                 del self._queues[job.client]
 
-    def _next(self) -> _Job | None:
+    def _next(self) -> list[_Job] | None:
         with self._wake:
             while not self._queues and not self._closed:
                 self._wake.wait()
             if self._closed:
                 return None
-            client = next(iter(self._queues))
-            queue = self._queues.pop(client)
-            job = queue.popleft()
-            if queue:
-                self._queues[client] = queue
-            self._pending -= 1
-            return job
+            jobs = [self._pop(next(iter(self._queues)))]
+            batch = jobs[0].batch
+            if batch is not None:
+                for client in list(self._queues):
+                    if len(jobs) == self._max_batch:
+                        break
+                    taken = any(job.client == client for job in jobs)
+                    if not taken and self._queues[client][0].batch is batch:
+                        jobs.append(self._pop(client))
+            self._running = True
+            return jobs
+
+    def _pop(self, client: str) -> _Job:
+        """The client's next job; the client moves to the back of the turn order."""
+        queue = self._queues.pop(client)
+        job = queue.popleft()
+        if queue:
+            self._queues[client] = queue
+        self._pending -= 1
+        return job
 
     def _serve(self) -> None:
-        while (job := self._next()) is not None:
-            if not job.future.set_running_or_notify_cancel():
-                continue
+        while (jobs := self._next()) is not None:
             try:
-                result = job.fn()
-            except BaseException as exc:  # the caller decides what the failure means
-                job.future.set_exception(exc)
+                live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+                if live:
+                    self._execute(live)
+            finally:
+                with self._wake:
+                    self._running = False
+
+    @staticmethod
+    def _execute(jobs: list[_Job]) -> None:
+        try:
+            if jobs[0].batch is not None:
+                results = jobs[0].batch([job.item for job in jobs])
             else:
+                assert jobs[0].fn is not None
+                results = [jobs[0].fn()]
+        except BaseException as exc:  # the callers decide what the failure means
+            for job in jobs:
+                job.future.set_exception(exc)
+        else:
+            for job, result in zip(jobs, results, strict=True):
                 job.future.set_result(result)

@@ -90,7 +90,7 @@ log = logging.getLogger(__name__)
 AUDIO_CHUNK_S = 0.5  # spoken answers leave in pieces this long, so playback starts early
 MAX_UTTERANCE_S = 30.0  # manual activity longer than this is cut (Whisper's window)
 WARM_EVERY_S = 0.6  # while the user speaks, prefill their words so far this often
-FIRST_PIECE_WORDS = 4  # speech starts after this many words, even mid-sentence
+FIRST_PIECE_WORDS = 3  # speech starts after this many words, even mid-sentence
 
 
 class Transport(Protocol):

@@ -60,7 +60,12 @@ def test_manual_detection_and_no_interruption() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"sessionResumption": {}}, {"contextWindowCompression": {"triggerTokens": 10}}],
+    [
+        {"sessionResumption": {}},
+        {"contextWindowCompression": {"triggerTokens": 10}},
+        {"proactivity": {"proactiveAudio": True}},
+        {"generationConfig": {"enableAffectiveDialog": True}},
+    ],
 )
 def test_features_not_built_yet_are_refused_not_ignored(fields: dict[str, object]) -> None:
     with pytest.raises(FailedPrecondition, match="not supported"):

@@ -39,6 +39,10 @@ class LiveConfig:
             raise FailedPrecondition("sessionResumption is not supported by this server yet")
         if setup.context_window_compression is not None:
             raise FailedPrecondition("contextWindowCompression is not supported by this server yet")
+        if setup.proactivity and any(setup.proactivity.values()):
+            raise FailedPrecondition("proactivity is not supported by this server")
+        if setup.generation_config and setup.generation_config.enable_affective_dialog:
+            raise FailedPrecondition("enableAffectiveDialog is not supported by this server")
         model = setup.model.removeprefix("models/")
         if not model:
             raise FailedPrecondition("setup.model must name a model, as models/{id}")

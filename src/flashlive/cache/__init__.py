@@ -1,0 +1,1 @@
+"""Context caching: the cachedContents registry (and, beside it, the KV prefix states)."""

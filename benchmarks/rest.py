@@ -110,7 +110,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def server_process(model: str, models_dir: Path) -> Iterator[str]:
+def server_process(model: str, models_dir: Path, context_size: int = CONTEXT_SIZE) -> Iterator[str]:
     """Start `flashlive serve` on a free loopback port, yield its base URL, always stop it."""
     with tempfile.TemporaryDirectory(prefix="flashlive-bench-") as tmp:
         port = free_port()
@@ -119,7 +119,7 @@ def server_process(model: str, models_dir: Path) -> Iterator[str]:
             sys.executable, "-m", "flashlive.cli", "serve", "--host", "127.0.0.1",
             "--port", str(port), "--tls-port", "0", "--model", model,
             "--data-dir", str(Path(tmp) / "data"), "--models-dir", str(models_dir),
-            "--context-size", str(CONTEXT_SIZE), "--output-token-limit", str(OUTPUT_LIMIT),
+            "--context-size", str(context_size), "--output-token-limit", str(OUTPUT_LIMIT),
         ]  # fmt: skip
         log_path = Path(tmp) / "server.log"
         with log_path.open("wb") as log:

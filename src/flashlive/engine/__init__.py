@@ -5,8 +5,17 @@ from flashlive.engine.base import (
     Engine,
     EngineInfo,
     FinishCause,
+    PrefixState,
     SamplingParams,
     TokenPiece,
 )
 
-__all__ = ["CancelToken", "Engine", "EngineInfo", "FinishCause", "SamplingParams", "TokenPiece"]
+__all__ = [
+    "CancelToken",
+    "Engine",
+    "EngineInfo",
+    "FinishCause",
+    "PrefixState",
+    "SamplingParams",
+    "TokenPiece",
+]

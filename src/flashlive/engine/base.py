@@ -68,6 +68,19 @@ class CancelToken:
         return self._event.is_set()
 
 
+@dataclass(frozen=True)
+class PrefixState:
+    """The engine's computed state for a token prefix, to be restored instead of recomputed."""
+
+    model: str
+    tokens: tuple[int, ...]
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + 4 * len(self.tokens)
+
+
 class Engine(Protocol):
     @property
     def info(self) -> EngineInfo: ...
@@ -79,13 +92,22 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def stream(
-        self, prompt: Sequence[int], params: SamplingParams, cancel: CancelToken | None = None
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cancel: CancelToken | None = None,
+        prefix: PrefixState | None = None,
     ) -> AsyncGenerator[TokenPiece, None]:
         """Generate after `prompt`. Closing the iterator early cancels the generation.
 
         Implementations reuse whatever prefix of `prompt` they still hold state for,
-        so a conversation that grows by appending pays only for the new tokens.
+        so a conversation that grows by appending pays only for the new tokens. A `prefix`
+        state whose tokens begin `prompt` is restored first when it covers more than that.
         """
+        ...
+
+    async def snapshot(self, tokens: Sequence[int] | None = None) -> PrefixState:
+        """The state after `tokens` (computed now if need be), or of what is held right now."""
         ...
 
     async def warm(self, prefix: Sequence[int]) -> bool:

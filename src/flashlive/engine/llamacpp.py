@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import logging
 import os
 import random
@@ -21,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flashlive.engine.base import CancelToken, EngineInfo, FinishCause, SamplingParams, TokenPiece
+from flashlive.engine.base import (
+    CancelToken,
+    EngineInfo,
+    FinishCause,
+    PrefixState,
+    SamplingParams,
+    TokenPiece,
+)
 from flashlive.errors import InvalidArgument, ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -124,7 +132,11 @@ class LlamaCppEngine:
         return len(self.tokenize(text))
 
     async def stream(
-        self, prompt: Sequence[int], params: SamplingParams, cancel: CancelToken | None = None
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cancel: CancelToken | None = None,
+        prefix: PrefixState | None = None,
     ) -> AsyncGenerator[TokenPiece, None]:
         if len(prompt) >= self._info.context_size:
             raise InvalidArgument(
@@ -148,7 +160,7 @@ class LlamaCppEngine:
 
         with self._state_lock:
             self._waiting += 1
-        loop.run_in_executor(self._executor, self._run, list(prompt), params, cancel, emit)
+        loop.run_in_executor(self._executor, self._run, list(prompt), params, cancel, emit, prefix)
         try:
             while True:
                 item = await queue.get()
@@ -161,7 +173,12 @@ class LlamaCppEngine:
             cancel.cancel()
 
     def _run(
-        self, prompt: list[int], params: SamplingParams, cancel: CancelToken, emit: Emit
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        cancel: CancelToken,
+        emit: Emit,
+        prefix: PrefixState | None,
     ) -> None:
         with self._state_lock:
             self._waiting -= 1
@@ -170,7 +187,7 @@ class LlamaCppEngine:
             if cancel.cancelled:
                 emit(TokenPiece("", None, FinishCause.CANCELLED))
                 return
-            self._generate(prompt, params, cancel, emit)
+            self._generate(prompt, params, cancel, emit, prefix)
         except BaseException as exc:  # reported to the awaiting coroutine, never lost
             log.exception("generation failed")
             emit(exc)
@@ -179,7 +196,12 @@ class LlamaCppEngine:
                 self._active -= 1
 
     def _generate(
-        self, prompt: list[int], params: SamplingParams, cancel: CancelToken, emit: Emit
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        cancel: CancelToken,
+        emit: Emit,
+        prefix: PrefixState | None,
     ) -> None:
         import llama_cpp
         from llama_cpp.llama_grammar import LlamaGrammar
@@ -193,6 +215,8 @@ class LlamaCppEngine:
             # moves logits by rounding error; a seeded request must replay exactly, so it
             # starts cold.
             llm.reset()
+        if prefix is not None:
+            self._restore(prefix, prompt, force=params.seed is not None)
         grammar = (
             LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
             if params.json_schema
@@ -229,6 +253,59 @@ class LlamaCppEngine:
                     break
         emit(TokenPiece(decoder.decode(b"", final=True), None, finish))
 
+    async def snapshot(self, tokens: Sequence[int] | None = None) -> PrefixState:
+        loop = asyncio.get_running_loop()
+        with self._state_lock:
+            self._waiting += 1
+        wanted = None if tokens is None else list(tokens)
+        return await loop.run_in_executor(self._executor, self._snapshot, wanted)
+
+    def _snapshot(self, tokens: list[int] | None) -> PrefixState:
+        with self._state_lock:
+            self._waiting -= 1
+            self._active += 1
+        try:
+            if tokens is not None:
+                self._prefill(tokens, CancelToken())
+            return self._save()
+        finally:
+            with self._state_lock:
+                self._active -= 1
+
+    def _save(self) -> PrefixState:
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        held = tuple(int(t) for t in self._llm._input_ids)
+        return PrefixState(self._info.name, held, bytes(buffer)[:written])
+
+    def _restore(self, state: PrefixState, prompt: list[int], *, force: bool) -> None:
+        """Load `state` when it shares more of `prompt` than what is held (always if `force`).
+
+        The state may run past the prompt (a saved conversation that then went elsewhere):
+        prefill cuts what does not match right after.
+        """
+        import llama_cpp
+
+        shared = _common_prefix(state.tokens, prompt)
+        if state.model != self._info.name or shared == 0:
+            return
+        if not force and _common_prefix(self._llm._input_ids, prompt) >= shared:
+            return
+        llm = self._llm
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm._ctx.ctx), True)
+        buffer = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
+        if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buffer, len(state.data), 0) == 0:
+            log.warning("a saved prefix state did not load; computing the prompt instead")
+            llm.reset()
+            return
+        n = len(state.tokens)
+        llm.input_ids[:n] = state.tokens
+        llm.n_tokens = n
+
     async def warm(self, prefix: Sequence[int]) -> bool:
         with self._state_lock:
             if self._waiting or self._active or len(prefix) >= self._info.context_size:
@@ -259,12 +336,7 @@ class LlamaCppEngine:
         before sampling.
         """
         llm = self._llm
-        held = llm._input_ids
-        reuse = 0
-        for a, b in zip(held, tokens, strict=False):
-            if a != b:
-                break
-            reuse += 1
+        reuse = _common_prefix(llm._input_ids, tokens)
         if reuse < llm.n_tokens:
             if not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
                 llm.reset()
@@ -281,3 +353,12 @@ class LlamaCppEngine:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._llm.close)
         if self._owns_worker:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

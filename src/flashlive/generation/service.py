@@ -8,14 +8,17 @@ countTokens always agree.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flashlive.engine import FinishCause, SamplingParams
+from flashlive.cache.kv import PrefixStore
+from flashlive.engine import FinishCause, PrefixState, SamplingParams
 from flashlive.errors import FlashliveError, InvalidArgument
 from flashlive.generation.guard import ControlTokenGuard
 from flashlive.generation.prompt import (
@@ -38,6 +41,7 @@ from flashlive.protocol.content import (
     Part,
     Role,
     Tool,
+    ToolConfig,
 )
 from flashlive.protocol.generate import (
     Candidate,
@@ -52,6 +56,8 @@ from flashlive.protocol.generate import (
     UsageMetadata,
 )
 
+log = logging.getLogger(__name__)
+
 JSON_MIME = "application/json"
 ENUM_MIME = "text/x.enum"
 TEXT_MIME = "text/plain"
@@ -60,6 +66,30 @@ _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 _TOOL_BLOCK = re.compile(
     re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.S
 )
+
+
+# A prompt at least this long leaves its state behind for later requests that begin the same way.
+IMPLICIT_MIN_TOKENS = 1024
+CACHE_WITH_OVERRIDES = (
+    "CachedContent can not be used with GenerateContent request setting system_instruction, "
+    "tools or tool_config. Proposed fix: move those values to CachedContent."
+)
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """What a cachedContents resource puts in front of a request."""
+
+    name: str  # cachedContents/{id}
+    model: str
+    contents: list[Content]
+    system_instruction: Content | None = None
+    tools: list[Tool] | None = None
+    tool_config: ToolConfig | None = None
+
+
+# Looks a cachedContent name up for the caller (whose key it must belong to); raises NotFound.
+CacheResolver = Callable[[str], Awaitable[CachedPrefix]]
 
 
 @dataclass
@@ -74,6 +104,8 @@ class Prepared:
     enum_answer: bool = False  # the output is one JSON string, answered without its quotes
     capture_calls: bool = False  # watch the text for tool calls (mode AUTO)
     functions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prefix_key: str | None = None  # the cachedContent whose state this prompt begins with
+    prefix_len: int = 0
 
 
 @dataclass
@@ -84,11 +116,20 @@ class Outcome:
     calls: list[FunctionCall] = field(default_factory=list)
     finish: FinishReason = FinishReason.STOP
     generated: int = 0
+    cached: int = 0  # prompt tokens restored from a saved state rather than computed
 
 
 class GenerationService:
-    def __init__(self, models: ModelManager, *, output_token_limit: int) -> None:
+    def __init__(
+        self,
+        models: ModelManager,
+        *,
+        output_token_limit: int,
+        prefixes: PrefixStore | None = None,
+    ) -> None:
         self._models = models
+        self._prefixes = prefixes or PrefixStore(spill_dir=None)
+        self._warming: dict[str, asyncio.Task[None]] = {}  # cached contexts being computed
         self._formatters: dict[str, tuple[Formatter, ControlTokenGuard]] = {}
         self.output_token_limit = output_token_limit
 
@@ -106,10 +147,17 @@ class GenerationService:
             prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=n)],
         )
 
-    async def prepare(self, model: str, request: GenerateContentRequest) -> Prepared:
+    async def prepare(
+        self,
+        model: str,
+        request: GenerateContentRequest,
+        resolve_cache: CacheResolver | None = None,
+    ) -> Prepared:
         loaded = await self._models.get(model)
+        cached: CachedPrefix | None = None
         if request.cached_content:
-            raise InvalidArgument("cachedContent is not supported by this server yet")
+            cached = await self._cached(loaded, request, resolve_cache)
+            request = _with_cache(request, cached)
         config = request.generation_config or GenerationConfig()
         if config.response_logprobs or config.logprobs:
             raise InvalidArgument("responseLogprobs is not supported by this server yet")
@@ -170,7 +218,12 @@ class GenerationService:
             json_schema=json.dumps(json_schema) if json_schema is not None else None,
         )
         stops = tuple(config.stop_sequences or ()) + (rendered.stop if json_schema is None else ())
+        prefix_len = 0
+        if cached is not None:
+            prefix_len = await self._cached_length(loaded, formatter, guard, cached, tokens)
         return Prepared(
+            prefix_key=f"{loaded.spec.id}:{cached.name}" if cached is not None else None,
+            prefix_len=prefix_len,
             model=loaded,
             tokens=tokens,
             params=params,
@@ -180,6 +233,114 @@ class GenerationService:
             capture_calls=mode is FunctionCallingMode.AUTO and bool(offered),
             functions=functions,
         )
+
+    async def _cached(
+        self,
+        loaded: LoadedModel,
+        request: GenerateContentRequest,
+        resolve_cache: CacheResolver | None,
+    ) -> CachedPrefix:
+        name = request.cached_content or ""
+        if resolve_cache is None:
+            raise InvalidArgument("cachedContent can not be used on this endpoint")
+        if request.system_instruction or request.tools or request.tool_config:
+            raise InvalidArgument(CACHE_WITH_OVERRIDES)
+        cached = await resolve_cache(name)
+        if cached.model != loaded.spec.id:
+            raise InvalidArgument(
+                f"{cached.name} belongs to models/{cached.model}, not models/{loaded.spec.id}"
+            )
+        return cached
+
+    async def _cached_length(
+        self,
+        loaded: LoadedModel,
+        formatter: Formatter,
+        guard: ControlTokenGuard,
+        cached: CachedPrefix,
+        tokens: list[int],
+    ) -> int:
+        """How many leading prompt tokens are the cached context's (its rendering alone)."""
+        alone = _messages(
+            GenerateContentRequest(
+                contents=cached.contents, system_instruction=cached.system_instruction
+            )
+        )
+        text = formatter.render([_defused_message(guard, m) for m in alone], []).text
+        own = await asyncio.to_thread(loaded.engine.tokenize, text)
+        n = 0
+        for a, b in zip(own, tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(tokens) - 1)
+
+    async def warm_cache(self, model: str, cached: CachedPrefix) -> int:
+        """Compute and keep the state of a cached context now, so its first use is fast too.
+
+        Returns the number of cached tokens (as a request ending in a question will see them).
+        """
+
+        async def resolve(name: str) -> CachedPrefix:
+            return cached
+
+        probe = GenerateContentRequest(
+            contents=[Content(role=Role.USER, parts=[Part(text="?")])],
+            cached_content=cached.name,
+        )
+        prepared = await self.prepare(model, probe, resolve)
+        await self._prefix_state(prepared, own_warming=True)
+        return prepared.prefix_len
+
+    def start_warming(self, model: str, cached: CachedPrefix) -> None:
+        """Compute a new cache's state in the background; a request using it meanwhile waits
+        for that work instead of repeating it."""
+        key = f"{model}:{cached.name}"
+        if key in self._warming:
+            return
+
+        async def warm() -> None:
+            try:
+                await self.warm_cache(model, cached)
+            except Exception:
+                log.exception("computing the state of %s failed; it is computed on use", key)
+            finally:
+                self._warming.pop(key, None)
+
+        self._warming[key] = asyncio.create_task(warm())
+
+    def forget_cache(self, model: str, name: str) -> None:
+        self._prefixes.drop(f"{model}:{name}")
+
+    async def _prefix_state(
+        self, prepared: Prepared, *, own_warming: bool = False
+    ) -> tuple[PrefixState, int] | None:
+        """The saved state to start from, and how many prompt tokens it covers: the cached
+        context's, else the state of a recent prompt that began the same way."""
+        engine = prepared.model.engine
+        store = self._prefixes
+        if prepared.prefix_key is not None and prepared.prefix_len > 0:
+            want = prepared.tokens[: prepared.prefix_len]
+            warming = self._warming.get(prepared.prefix_key)
+            if warming is not None and not own_warming:
+                await asyncio.shield(warming)
+            state = await asyncio.to_thread(store.get, prepared.prefix_key)
+            if state is None or list(state.tokens) != want:
+                state = await engine.snapshot(want)
+                await asyncio.to_thread(store.put, prepared.prefix_key, state)
+            return state, prepared.prefix_len
+        return store.best_match(
+            prepared.model.spec.id, prepared.tokens, minimum=IMPLICIT_MIN_TOKENS
+        )
+
+    async def _leave_state(self, prepared: Prepared) -> None:
+        """After a long prompt, keep its state: the next turn of that conversation begins so."""
+        if len(prepared.tokens) < IMPLICIT_MIN_TOKENS:
+            return
+        state = await prepared.model.engine.snapshot()
+        if len(state.tokens) >= IMPLICIT_MIN_TOKENS:
+            key = "implicit:" + hashlib.sha256(repr(state.tokens).encode()).hexdigest()[:24]
+            await asyncio.to_thread(self._prefixes.put, key, state)
 
     def _formatter(self, loaded: LoadedModel) -> tuple[Formatter, ControlTokenGuard]:
         cached = self._formatters.get(loaded.spec.id)
@@ -198,9 +359,12 @@ class GenerationService:
         return pair
 
     async def stream(
-        self, model: str, request: GenerateContentRequest
+        self,
+        model: str,
+        request: GenerateContentRequest,
+        resolve_cache: CacheResolver | None = None,
     ) -> AsyncGenerator[GenerateContentResponse, None]:
-        prepared = await self.prepare(model, request)
+        prepared = await self.prepare(model, request, resolve_cache)
         response_id = secrets.token_urlsafe(12)
         outcome = Outcome()
         async for delta in self._run(prepared, outcome):
@@ -208,7 +372,7 @@ class GenerationService:
         parts = [Part(function_call=c) for c in outcome.calls]
         final = self._chunk(prepared, response_id, parts or [Part(text="")])
         final.candidates[0].finish_reason = outcome.finish
-        final.usage_metadata = _usage(len(prepared.tokens), outcome.generated)
+        final.usage_metadata = _usage(len(prepared.tokens), outcome.generated, outcome.cached)
         yield final
 
     async def warm(self, model: str, request: GenerateContentRequest) -> bool:
@@ -225,8 +389,9 @@ class GenerationService:
         model: str,
         request: GenerateContentRequest,
         on_first_token: Callable[[], None] | None = None,
+        resolve_cache: CacheResolver | None = None,
     ) -> GenerateContentResponse:
-        prepared = await self.prepare(model, request)
+        prepared = await self.prepare(model, request, resolve_cache)
         outcome = Outcome()
         async for _ in self._run(prepared, outcome):
             if on_first_token is not None:
@@ -236,7 +401,7 @@ class GenerationService:
         parts = ([Part(text=text)] if text else []) + [Part(function_call=c) for c in outcome.calls]
         response = self._chunk(prepared, secrets.token_urlsafe(12), parts or [Part(text="")])
         response.candidates[0].finish_reason = outcome.finish
-        response.usage_metadata = _usage(len(prepared.tokens), outcome.generated)
+        response.usage_metadata = _usage(len(prepared.tokens), outcome.generated, outcome.cached)
         return response
 
     async def _run(self, prepared: Prepared, outcome: Outcome) -> AsyncIterator[str]:
@@ -251,7 +416,11 @@ class GenerationService:
         elif prepared.enum_answer:
             held = []
         cause = FinishCause.LENGTH
-        stream = prepared.model.engine.stream(prepared.tokens, prepared.params)
+        found = await self._prefix_state(prepared)
+        prefix = None
+        if found is not None:
+            prefix, outcome.cached = found
+        stream = prepared.model.engine.stream(prepared.tokens, prepared.params, prefix=prefix)
         try:
             async for piece in stream:
                 if piece.token_id is not None:
@@ -277,6 +446,8 @@ class GenerationService:
                     break
         finally:
             await stream.aclose()
+        if cause is not FinishCause.CANCELLED:
+            await self._leave_state(prepared)
         outcome.finish = (
             FinishReason.MAX_TOKENS if cause is FinishCause.LENGTH else FinishReason.STOP
         )
@@ -308,9 +479,10 @@ class GenerationService:
         )
 
 
-def _usage(prompt: int, generated: int) -> UsageMetadata:
+def _usage(prompt: int, generated: int, cached: int = 0) -> UsageMetadata:
     return UsageMetadata(
         prompt_token_count=prompt,
+        cached_content_token_count=cached or None,
         candidates_token_count=generated,
         total_token_count=prompt + generated,
         prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=prompt)],
@@ -319,6 +491,18 @@ def _usage(prompt: int, generated: int) -> UsageMetadata:
             if generated
             else None
         ),
+    )
+
+
+def _with_cache(request: GenerateContentRequest, cached: CachedPrefix) -> GenerateContentRequest:
+    return request.model_copy(
+        update={
+            "contents": [*cached.contents, *request.contents],
+            "system_instruction": cached.system_instruction,
+            "tools": cached.tools,
+            "tool_config": cached.tool_config,
+            "cached_content": None,
+        }
     )
 
 

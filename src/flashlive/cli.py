@@ -1,4 +1,4 @@
-"""`flashlive serve | ca-path | models`."""
+"""`flashlive serve | usage | ca-path | models`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import argparse
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from flashlive.config import Settings
+from flashlive.errors import FlashliveError
+from flashlive.ledger import PriceTable, UsageRow, hash_key, open_ledger
+from flashlive.ledger.records import parse_since
+from flashlive.ledger.store import GroupBy
 from flashlive.models import BUILTIN_MODELS
 from flashlive.tls import ca_path
 
@@ -35,7 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--live-max-frame-bytes", type=int)
     serve.add_argument("--live-send-timeout-s", type=float)
     serve.add_argument("--tts", choices=["auto", "piper", "espeak"])
+    serve.add_argument("--ledger-url", help="sqlite:///path or postgresql://... (default: SQLite)")
+    serve.add_argument("--prices-file", type=Path, help="TOML or JSON prices per million tokens")
+    serve.add_argument("--quota-requests-per-min", type=int, help="per API key; 0: unlimited")
+    serve.add_argument("--quota-tokens-per-min", type=int, help="per API key; 0: unlimited")
+    serve.add_argument("--quota-file", type=Path, help="per-key quota overrides (TOML or JSON)")
+    serve.add_argument("--cache-min-tokens", type=int)
+    serve.add_argument("--kv-ram-bytes", type=int)
+    serve.add_argument("--kv-disk-bytes", type=int)
     serve.add_argument("--log-level")
+    usage = sub.add_parser("usage", help="print tokens and cost from the usage ledger")
+    usage.add_argument("--key", dest="usage_key", help="only this API key's usage")
+    usage.add_argument("--since", dest="usage_since", help="a date (UTC) or ISO 8601 time")
+    usage.add_argument("--by", dest="usage_by", choices=["day", "model", "key"], default="day")
+    usage.add_argument("--data-dir", type=Path)
+    usage.add_argument("--ledger-url")
+    usage.add_argument("--prices-file", type=Path)
     ca = sub.add_parser("ca-path", help="print the local CA certificate file clients should trust")
     ca.add_argument("--data-dir", type=Path)
     sub.add_parser("models", help="list the built-in models")
@@ -45,11 +64,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     overrides: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if v is not None and k != "command"
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and k != "command" and not k.startswith("usage_")
     }
     settings = Settings(**overrides)
     if args.command == "ca-path":
         print(ca_path(settings.data_dir))
+    elif args.command == "usage":
+        try:
+            print_usage(settings, args.usage_key, args.usage_since, args.usage_by)
+        except FlashliveError as exc:
+            raise SystemExit(exc.message) from None
     elif args.command == "models":
         for spec in BUILTIN_MODELS:
             print(f"models/{spec.id}\t{spec.display_name}")
@@ -60,6 +86,49 @@ def main(argv: list[str] | None = None) -> None:
             level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
         )
         asyncio.run(serve(settings))
+
+
+def print_usage(settings: Settings, key: str | None, since: str | None, by: str) -> None:
+    prices = PriceTable.load(settings.prices_file)
+    ledger = open_ledger(settings.ledger_url, settings.data_dir, prices)
+
+    async def summary() -> list[UsageRow]:
+        try:
+            return await ledger.summary(
+                key_hash=hash_key(key) if key is not None else None,
+                since=parse_since(since) if since else None,
+                by=cast(GroupBy, by),  # argparse's choices are exactly the GroupBy values
+            )
+        finally:
+            await ledger.close()
+
+    print(usage_table(asyncio.run(summary()), by))
+
+
+def usage_table(rows: list[UsageRow], by: str) -> str:
+    total = UsageRow(
+        "total",
+        sum(r.requests for r in rows),
+        sum(r.input_tokens for r in rows),
+        sum(r.output_tokens for r in rows),
+        sum(r.cached_tokens for r in rows),
+        sum(r.cost_usd for r in rows),
+    )
+    header = [by, "requests", "input tokens", "output tokens", "cached tokens", "cost (USD)"]
+    table = [header, *(_cells(r) for r in [*rows, total])]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in table
+    )
+
+
+def _cells(row: UsageRow) -> list[str]:
+    counts = (row.requests, row.input_tokens, row.output_tokens, row.cached_tokens)
+    return [row.group, *(str(n) for n in counts), f"{row.cost_usd:.6f}"]
 
 
 if __name__ == "__main__":

@@ -36,13 +36,33 @@ class Settings(BaseSettings):
     live_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     live_send_timeout_s: float = Field(default=10.0, gt=0)  # a Live client that stops reading
     tts: str = Field(default="auto", pattern="^(auto|piper|espeak)$")  # auto: Piper, else espeak-ng
+    cache_min_tokens: int = Field(default=128, ge=0)  # smaller cachedContents are refused
+    cache_sweep_interval_s: float = Field(default=60.0, gt=0)  # how often expired caches go
+    kv_ram_bytes: int = Field(default=1 << 30, ge=0)  # saved prefix states kept in RAM
+    kv_disk_bytes: int = Field(default=4 << 30, ge=0)  # ... and spilled to <data-dir>/kv
     log_level: str = "info"
+    # Usage ledger, prices and quotas (see README: "Usage ledger, prices and quotas").
+    ledger_url: str | None = None  # None: SQLite at <data_dir>/ledger.sqlite3
+    prices_file: Path | None = None  # TOML or JSON; replaces the default prices model by model
+    admin_keys: str | None = None  # comma-separated; may read GET /v1beta/usage
+    quota_requests_per_min: int = Field(default=0, ge=0)  # per API key; 0: unlimited
+    quota_tokens_per_min: int = Field(default=0, ge=0)
+    quota_file: Path | None = None  # per-key overrides, TOML or JSON
 
     def keys(self) -> frozenset[str]:
-        keys = {k.strip() for k in (self.api_keys or "").split(",") if k.strip()}
+        keys = set(_split(self.api_keys))
         if self.api_keys_file is not None:
             for line in self.api_keys_file.read_text().splitlines():
                 line = line.split("#", 1)[0].strip()
                 if line:
                     keys.add(line)
-        return frozenset(keys)
+        # An admin key is also a key: with keys on, it must get past the auth check. With keys
+        # off the server stays open; admin keys then only guard the usage endpoint.
+        return frozenset(keys | self.admins()) if keys else frozenset()
+
+    def admins(self) -> frozenset[str]:
+        return frozenset(_split(self.admin_keys))
+
+
+def _split(joined: str | None) -> list[str]:
+    return [k.strip() for k in (joined or "").split(",") if k.strip()]

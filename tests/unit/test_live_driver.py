@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from flashlive.errors import NotFound
+from flashlive.ledger.records import UsageRecord
 from flashlive.live.driver import LiveSession
 from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.perception.asr import Transcript
@@ -284,3 +285,36 @@ async def test_speech_is_transcribed_into_a_user_turn() -> None:
     )
     transport.inbound.put_nowait(None)
     await task
+
+
+class ListLedger:
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    async def record(self, rec: UsageRecord) -> None:
+        self.records.append(rec)
+
+
+async def test_each_answered_turn_writes_one_usage_record() -> None:
+    transport = FakeTransport()
+    generation = FakeGeneration([f"w{i} " for i in range(200)], delay=0.01)
+    live = services(generation)
+    live.ledger = ledger = ListLedger()
+    session = LiveSession(transport, live, key_hash="k")
+    task = asyncio.create_task(session.run())
+    transport.client({"setup": {"model": "models/m"}})
+    transport.client({"realtimeInput": {"text": "tell me a story"}})
+    await transport.wait_for(has("modelTurn"))
+    transport.client({"realtimeInput": {"text": "stop"}})
+    await transport.wait_for(has("interrupted"))
+    await transport.wait_for(lambda m: len(generation.requests) == 2 and has("turnComplete")(m))
+    await asyncio.sleep(0.05)
+    transport.inbound.put_nowait(None)
+    await task
+    assert [(r.method, r.status, r.key_hash) for r in ledger.records] == [
+        ("live.turn", 499, "k"),
+        ("live.turn", 200, "k"),
+    ]
+    assert ledger.records[0].output_tokens["TEXT"] > 0  # cut off: what was streamed so far
+    assert ledger.records[1].total_output == 200
+    assert len({r.request_id for r in ledger.records}) == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -13,13 +12,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flashlive.api.caches import CachesApi
 from flashlive.api.errors import error_response
+from flashlive.api.keys import presented_key
 from flashlive.api.live import LiveApi
 from flashlive.api.metrics import Metrics, MetricsMiddleware
 from flashlive.api.rest import RestApi
+from flashlive.api.usage import UsageApi, UsageRecorder, UsageSetup, cache_storage_record
 from flashlive.auth import ApiKeys
+from flashlive.cache.registry import CacheRegistry
 from flashlive.errors import FlashliveError, InvalidArgument, NotFound
 from flashlive.generation.service import GenerationService
+from flashlive.ledger.records import hash_key, utc_now
 from flashlive.live.services import LiveServices
 from flashlive.models import ModelManager
 
@@ -65,15 +69,6 @@ class SlashMiddleware:
 _SLASHES = re.compile(r"/{2,}")
 
 
-def presented_key(scope: Scope) -> str | None:
-    for name, value in scope.get("headers", []):
-        if name == b"x-goog-api-key":
-            return str(value.decode("latin-1"))
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    keys = query.get("key") or query.get("access_token")
-    return keys[0] if keys else None
-
-
 def build_app(
     *,
     models: ModelManager,
@@ -83,14 +78,35 @@ def build_app(
     max_request_bytes: int,
     context_size: int,
     live: LiveServices,
+    usage: UsageSetup | None = None,
+    caches: CacheRegistry | None = None,
 ) -> ASGIApp:
     metrics = Metrics(models)
+    caches_api = (
+        CachesApi(
+            caches,
+            service,
+            models,
+            lambda request: hash_key(presented_key(request.scope)),
+            max_request_bytes=max_request_bytes,
+        )
+        if caches is not None
+        else None
+    )
+    recorder = UsageRecorder(usage, metrics) if usage is not None else None
+    if recorder is not None:
+        live.ledger = recorder  # Live turns are billed through the same recorder
+    if caches is not None and recorder is not None:
+        billing = recorder
+        caches.on_delete(lambda entry: billing.record_soon(cache_storage_record(entry, utc_now())))
     rest = RestApi(
         models,
         service,
         metrics,
         max_request_bytes=max_request_bytes,
         context_size=context_size,
+        usage=recorder,
+        caches=caches_api.resolver if caches_api is not None else None,
     )
 
     async def healthz(request: Request) -> Response:
@@ -120,6 +136,8 @@ def build_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *rest.routes(),
             *LiveApi(live).routes(),
+            *(UsageApi(usage).routes() if usage is not None else []),
+            *(caches_api.routes() if caches_api is not None else []),
         ],
         exception_handlers={HTTPException: http_error, Exception: unhandled},
     )

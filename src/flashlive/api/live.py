@@ -8,6 +8,8 @@ import logging
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from flashlive.api.keys import presented_key
+from flashlive.ledger.records import hash_key
 from flashlive.live.driver import LiveSession
 from flashlive.live.services import LiveServices
 
@@ -48,7 +50,11 @@ class LiveApi:
 
     async def _session(self, websocket: WebSocket) -> None:
         await websocket.accept()
-        session = LiveSession(StarletteTransport(websocket), self._services)
+        session = LiveSession(
+            StarletteTransport(websocket),
+            self._services,
+            key_hash=hash_key(presented_key(websocket.scope)),
+        )
         log.info("live session %s opened from %s", session.id, websocket.client)
         await session.run()
         log.info("live session %s ended", session.id)

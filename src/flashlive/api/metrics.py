@@ -25,6 +25,8 @@ def route_label(method: str, path: str) -> str:
         return "models.list"
     if re.match(r"^/v1(?:alpha|beta)?/models/[^/:]+$", path):
         return "models.get"
+    if re.match(r"^/v1beta/usage$", path):
+        return "usage"
     if path in ("/healthz", "/metrics"):
         return path[1:]
     return "other"
@@ -76,6 +78,19 @@ class Metrics:
         )
         self.prompt_tokens = Counter(
             "flashlive_prompt_tokens", "Prompt tokens processed", ["model"], registry=self.registry
+        )
+        # From the usage ledger's records, so they agree with `flashlive usage`.
+        self.tokens_total = Counter(
+            "flashlive_tokens",
+            "Tokens billed, by direction (input includes cached)",
+            ["model", "direction"],
+            registry=self.registry,
+        )
+        self.cost_usd = Counter(
+            "flashlive_cost_usd",
+            "Cost in USD under the current price table",
+            ["model"],
+            registry=self.registry,
         )
         self.registry.register(_EngineCollector(models))
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -16,8 +16,10 @@ from starlette.routing import Route
 
 from flashlive.api.errors import error_response, invalid_from_validation, sse_error
 from flashlive.api.metrics import Metrics
+from flashlive.api.usage import CallUsage, UsageRecorder, call_usage
 from flashlive.errors import FlashliveError, InvalidArgument, NotFound, PayloadTooLarge
-from flashlive.generation.service import GenerationService
+from flashlive.generation.service import CacheResolver, GenerationService
+from flashlive.ledger.records import UsageRecord
 from flashlive.models import ModelManager, ModelSpec
 from flashlive.protocol.generate import (
     CountTokensRequest,
@@ -43,7 +45,11 @@ class RestApi:
         *,
         max_request_bytes: int,
         context_size: int,
+        usage: UsageRecorder | None = None,
+        caches: Callable[[Request], CacheResolver] | None = None,
     ) -> None:
+        self._usage = usage
+        self._caches = caches
         self._models = models
         self._service = service
         self._metrics = metrics
@@ -102,19 +108,42 @@ class RestApi:
                 if action:
                     raise NotFound(f"GET is not defined for :{action}")
                 return JSONResponse(self._model_resource(self._models.spec(model)).dump())
-            if action == "generateContent":
-                return await self._generate(request, model)
-            if action == "streamGenerateContent":
-                return await self._stream(request, model)
-            if action == "countTokens":
-                count_request = await _parse(request, CountTokensRequest, self._max_bytes)
-                counted = await self._service.count_tokens(model, count_request)
-                return JSONResponse(counted.dump())
-            raise NotFound(f"method :{action} is not supported on models/{model}")
+            if action not in SUPPORTED_METHODS:
+                raise NotFound(f"method :{action} is not supported on models/{model}")
         except FlashliveError as exc:
             return error_response(exc)
+        return await self._call(request, model, action)
 
-    async def _generate(self, request: Request, model: str) -> Response:
+    async def _call(self, request: Request, model: str, action: str) -> Response:
+        """One billable call: quota first, then the work; a ledger record either way."""
+        call = call_usage(request, model, action)
+        try:
+            if self._usage is not None:
+                self._usage.check(call.key_hash)
+            if action == "generateContent":
+                return await self._generate(request, model, call)
+            if action == "streamGenerateContent":
+                return await self._stream(request, model, call)
+            count_request = await _parse(request, CountTokensRequest, self._max_bytes)
+            counted = await self._service.count_tokens(model, count_request)
+            await self._account(call.record(200))  # counting is free: no tokens billed
+            return JSONResponse(counted.dump())
+        except FlashliveError as exc:
+            await self._account(call.record(exc.http_status))
+            return error_response(exc)
+
+    def _resolver(self, request: Request) -> CacheResolver | None:
+        return self._caches(request) if self._caches is not None else None
+
+    async def _account(self, record: UsageRecord) -> None:
+        if self._usage is not None:
+            await self._usage.record(record)
+
+    def _account_soon(self, record: UsageRecord) -> None:
+        if self._usage is not None:
+            self._usage.record_soon(record)
+
+    async def _generate(self, request: Request, model: str, call: CallUsage) -> Response:
         body = await _parse(request, GenerateContentRequest, self._max_bytes)
         started = time.perf_counter()
         first_token: list[float] = []
@@ -123,10 +152,17 @@ class RestApi:
             first_token.append(time.perf_counter())
 
         response = await _unless_disconnected(
-            request, self._service.generate(model, body, mark_first_token)
+            request,
+            self._service.generate(
+                model, body, mark_first_token, resolve_cache=self._resolver(request)
+            ),
         )
         if response is None:
+            await self._account(call.record(499))
             return Response(status_code=499)
+        call.model = response.model_version
+        # Written before the body leaves: a client that got its answer finds it in the ledger.
+        await self._account(call.record(200, response.response_id, response.usage_metadata))
         if first_token:
             self._metrics.ttft.labels(response.model_version, "false").observe(
                 first_token[0] - started
@@ -134,17 +170,19 @@ class RestApi:
         self._record(response)
         return JSONResponse(response.dump())
 
-    async def _stream(self, request: Request, model: str) -> Response:
+    async def _stream(self, request: Request, model: str, call: CallUsage) -> Response:
         body = await _parse(request, GenerateContentRequest, self._max_bytes)
         started = time.perf_counter()
         sse = request.query_params.get("alt") == "sse"
-        chunks = self._service.stream(model, body)
+        chunks = self._service.stream(model, body, resolve_cache=self._resolver(request))
         # Wait for the first chunk before answering 200, so a bad request still gets its error
         # status; a client that leaves meanwhile (a long prefill) stops the work at once.
         first = await _unless_disconnected(request, anext(chunks))
         if first is None:
             await chunks.aclose()
+            await self._account(call.record(499))
             return Response(status_code=499)
+        call.model = first.model_version
         self._metrics.ttft.labels(first.model_version, "true").observe(
             time.perf_counter() - started
         )
@@ -152,10 +190,18 @@ class RestApi:
         async def stream_events() -> AsyncIterator[bytes]:
             sent = 0
             last: GenerateContentResponse | None = None
+            status = 499  # until the final chunk is recorded: the client left
             try:
                 if not sse:
                     yield b"["
                 async for chunk in _prepend(first, chunks):
+                    if chunk.usage_metadata is not None:
+                        # The final chunk: recorded before it is sent, so a stream the client
+                        # saw complete is always in the ledger.
+                        await self._account(
+                            call.record(200, chunk.response_id, chunk.usage_metadata)
+                        )
+                        status = 200
                     payload = json.dumps(chunk.dump()).encode()
                     if sse:
                         yield b"data: " + payload + b"\r\n\r\n"
@@ -166,9 +212,13 @@ class RestApi:
                 if not sse:
                     yield b"]"
             except Exception as exc:
+                status = exc.http_status if isinstance(exc, FlashliveError) else 500
                 yield sse_error(exc) if sse else b"]"
             finally:
                 await chunks.aclose()
+                if status != 200:
+                    request_id = last.response_id if last is not None else first.response_id
+                    self._account_soon(call.record(status, request_id))
                 if last is not None:
                     self._record(last)
 

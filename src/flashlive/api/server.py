@@ -14,12 +14,18 @@ from pathlib import Path
 import uvicorn
 
 from flashlive.api.app import build_app
+from flashlive.api.usage import UsageSetup
 from flashlive.auth import ApiKeys
+from flashlive.cache.kv import PrefixStore
+from flashlive.cache.registry import CacheRegistry
 from flashlive.config import Settings
 from flashlive.engine.llamacpp import LlamaCppOptions
+from flashlive.errors import FlashliveError
 from flashlive.generation.service import GenerationService
+from flashlive.ledger import PriceTable, open_ledger
 from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
+from flashlive.quota import QuotaLimits, Quotas, load_overrides
 from flashlive.tls import TlsFiles, ensure_local_tls, user_tls
 
 log = logging.getLogger("flashlive")
@@ -81,6 +87,17 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def usage_setup(settings: Settings) -> UsageSetup:
+    try:
+        prices = PriceTable.load(settings.prices_file)
+        limits = QuotaLimits(settings.quota_requests_per_min, settings.quota_tokens_per_min)
+        quotas = Quotas(limits, load_overrides(settings.quota_file, limits))
+        ledger = open_ledger(settings.ledger_url, settings.data_dir, prices)
+    except FlashliveError as exc:
+        raise SystemExit(exc.message) from None
+    return UsageSetup(ledger, prices, quotas, settings.admins())
+
+
 async def serve(settings: Settings) -> None:
     keys = ApiKeys(settings.keys())
     if not keys.enabled and not is_loopback(settings.host) and not settings.insecure_open:
@@ -99,7 +116,16 @@ async def serve(settings: Settings) -> None:
             max_queued=settings.max_queued,
         ),
     )
-    service = GenerationService(models, output_token_limit=settings.output_token_limit)
+    prefixes = PrefixStore(
+        ram_bytes=settings.kv_ram_bytes,
+        spill_dir=settings.data_dir / "kv",
+        disk_bytes=settings.kv_disk_bytes,
+    )
+    service = GenerationService(
+        models, output_token_limit=settings.output_token_limit, prefixes=prefixes
+    )
+    caches = CacheRegistry(settings.data_dir, min_tokens=settings.cache_min_tokens)
+    usage = usage_setup(settings)
     perception = Perception(tts=settings.tts)
     live = LiveServices(
         models=models,
@@ -118,6 +144,8 @@ async def serve(settings: Settings) -> None:
         max_request_bytes=settings.max_request_bytes,
         context_size=settings.context_size,
         live=live,
+        usage=usage,
+        caches=caches,
     )
 
     def listener(port: int, files: TlsFiles | None = None) -> _Server:
@@ -166,9 +194,12 @@ async def serve(settings: Settings) -> None:
             log.exception("a speech model failed to load; Live sessions will retry")
 
     loader = asyncio.create_task(load_default())
+    sweeper = asyncio.create_task(caches.run_sweeper(settings.cache_sweep_interval_s))
     try:
         await asyncio.gather(*(s.serve() for s in servers))
     finally:
         loader.cancel()
+        sweeper.cancel()
         perception.close()
         await models.aclose()
+        await usage.ledger.close()

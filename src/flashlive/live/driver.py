@@ -27,6 +27,7 @@ import contextlib
 import logging
 import secrets
 import time
+import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from pydantic import ValidationError
 
 from flashlive.api.errors import close_code, close_reason, invalid_from_validation
 from flashlive.errors import FailedPrecondition, InvalidArgument, PayloadTooLarge
+from flashlive.ledger.records import ANONYMOUS, UsageRecord, UsageSink, utc_now
 from flashlive.live.services import LiveServices
 from flashlive.live.session import Conversation, LiveConfig, SpokenLog
 from flashlive.perception.audio import (
@@ -136,8 +138,11 @@ class Spoken:
 
 
 class LiveSession:
-    def __init__(self, transport: Transport, services: LiveServices) -> None:
+    def __init__(
+        self, transport: Transport, services: LiveServices, *, key_hash: str = ANONYMOUS
+    ) -> None:
         self.id = secrets.token_hex(6)
+        self.key_hash = key_hash  # whom the ledger bills for this session's turns
         self.transport = transport
         self.services = services
         limits = services.limits
@@ -481,6 +486,7 @@ class LiveSession:
             turn.interrupted = True
             heard = turn.heard()
             turn.cancel()
+            turn.record_usage()
             if turn.sent_all:  # recorded whole, but the user cut in while it was playing
                 self.conversation.replace_last_model(heard)
             else:
@@ -542,6 +548,9 @@ class ModelTurn:
     first_audio_at_made: float | None = None
     committed_at: float | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    usage: UsageMetadata | None = None  # arrives with the last chunk
+    chunks: int = 0  # streamed pieces: the output count of a turn cut off before its usage
+    recorded: bool = False
 
     @classmethod
     def start(
@@ -589,6 +598,32 @@ class ModelTurn:
             "-" if self.asr_compute_s is None else f"{self.asr_compute_s:.3f}",
         )
 
+    def record_usage(self) -> None:
+        """One ledger record for a turn the user was given, whole or cut off; never twice."""
+        ledger = self.session.services.ledger
+        if ledger is None or self.recorded:
+            return
+        self.recorded = True
+        self.session.spawn(_write_usage(ledger, self._usage_record()))
+
+    def _usage_record(self) -> UsageRecord:
+        config = self.session.conf
+        out = "AUDIO" if config.modality is ResponseModality.AUDIO else "TEXT"
+        usage = self.usage
+        prompt = usage.prompt_token_count if usage else 0
+        output = (usage.candidates_token_count or 0) if usage else self.chunks
+        return UsageRecord(
+            request_id=uuid.uuid4().hex,
+            time=utc_now(),
+            key_hash=self.session.key_hash,
+            model=config.model,
+            method="live.turn",
+            input_tokens={"TEXT": prompt} if prompt else {},
+            output_tokens={out: output} if output else {},
+            latency_s=time.monotonic() - self.started,
+            status=499 if self.interrupted else 200,
+        )
+
     def cancel(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -622,10 +657,10 @@ class ModelTurn:
             )
         speaking = config.modality is ResponseModality.AUDIO
         voice = Voice(self) if speaking else None
-        usage: UsageMetadata | None = None
         try:
             stream = session.services.generation.stream(config.model, request)
             async for chunk in stream:
+                self.chunks += 1
                 for part in chunk.candidates[0].content.parts:
                     if part.text:
                         if self.first_text_at is None:
@@ -637,7 +672,7 @@ class ModelTurn:
                             self.put(_content(model_turn=_model_parts(Part(text=part.text))))
                     elif part.function_call is not None:
                         self.calls.append(part.function_call)
-                usage = chunk.usage_metadata or usage
+                self.usage = chunk.usage_metadata or self.usage
         except InvalidArgument as exc:
             # The request was valid when each message arrived; what fails now is the session
             # as a whole (its context is full, say): a policy close, not a bad frame.
@@ -648,7 +683,7 @@ class ModelTurn:
             self.put(ServerMessage(tool_call=ToolCall(function_calls=self.calls)))
         else:
             self.put(_content(generation_complete=True))
-        live_usage = _live_usage(usage, config.modality)
+        live_usage = _live_usage(self.usage, config.modality)
         if self.calls:
             self.put(ServerMessage(usage_metadata=live_usage))
         else:
@@ -679,6 +714,7 @@ class ModelTurn:
         self.sent_all = True
         self.finished.set()
         self.log_timing()
+        self.record_usage()
 
 
 class Voice:
@@ -722,6 +758,14 @@ class Voice:
             self.turn.put(Spoken(clause, len(pcm) / 2 / OUTPUT_RATE))
             if transcribe_out:
                 self.turn.put(_content(output_transcription=Transcription(text=clause)))
+
+
+async def _write_usage(ledger: UsageSink, record: UsageRecord) -> None:
+    # A ledger that fails must not take the conversation down with it.
+    try:
+        await ledger.record(record)
+    except Exception:
+        log.exception("live turn usage could not be recorded")
 
 
 def _user_text(text: str) -> Content:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from flashlive.generation.service import GenerationService
+from flashlive.ledger.records import UsageSink
 from flashlive.models import ModelManager
 from flashlive.perception.asr import Transcriber
 from flashlive.perception.tts import EspeakSynthesizer, Synthesizer, load_synthesizer
@@ -74,3 +75,4 @@ class LiveServices:
     generation: GenerationService
     perception: Perception
     limits: LiveLimits
+    ledger: UsageSink | None = None  # one record per answered turn, when set

@@ -8,6 +8,7 @@ process it starts itself (plain HTTP, server-sent events):
             use);
   implicit  a document asked about once, then an unrelated request, then a second question on the
             same document: the server finds the first request's saved state by its tokens.
+Then it measures what the usage ledger adds to each request (as `benchmarks.ledger` does).
 
     .venv/bin/python -m benchmarks.cache [--model ID] [--sizes 500,2000,8000]
 """
@@ -15,6 +16,7 @@ process it starts itself (plain HTTP, server-sent events):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import secrets
@@ -23,6 +25,7 @@ import time
 
 import httpx
 
+from benchmarks import ledger as ledger_bench
 from benchmarks.rest import filler, server_process
 from flashlive.config import Settings
 from flashlive.models import DEFAULT_MODEL
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['implicit_cached']:.0f}", f"{r['explicit_first']:.3f}",
         )  # fmt: skip
         print(" | ".join(cells))
+    print("\nledger write overhead per request (SQLite WAL, as the server writes it):")
+    for line in asyncio.run(ledger_bench.bench(None, "SQLite WAL", 2000)):
+        print(line)
     at_goal = [r for size, r in rows if size == 2000]
     if at_goal:
         ratio = statistics.median(r["cold"] / r["explicit"] for r in at_goal)

@@ -459,3 +459,50 @@ async def test_a_disconnect_stops_the_answer_at_once(server: Server) -> None:
     while generations_running(server) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert generations_running(server) == 0
+
+
+async def test_a_live_session_can_start_from_a_cached_content(server: Server) -> None:
+    notes = " ".join(
+        f"Note {i}: the locker code of room {i} is {1000 + 37 * i}." for i in range(25)
+    )
+    facts = notes + " The secret password of the blue door is marmalade."
+    created = httpx.post(
+        f"{server.base_url}/v1beta/cachedContents",
+        json={
+            "model": f"models/{FAST_MODEL}",
+            "contents": [{"role": "user", "parts": [{"text": facts}]}],
+            "ttl": "120s",
+        },
+        timeout=60,
+    )
+    assert created.status_code == 200, created.text
+    name = created.json()["name"]
+    setup = {"setup": {"model": f"models/{FAST_MODEL}", "cachedContent": name}}
+    async with websockets.connect(ws_url(server)) as ws:
+        await ws.send(json.dumps(setup))
+        assert "setupComplete" in json.loads(await ws.recv())
+        question = "What is the password of the blue door?"
+        await ws.send(json.dumps({"realtimeInput": {"text": question}}))
+        text, done = "", {}
+        async for raw in frames_until_closed(ws):
+            message = json.loads(raw)
+            for part in message.get("serverContent", {}).get("modelTurn", {}).get("parts", []):
+                text += part.get("text", "")
+            if message.get("serverContent", {}).get("turnComplete"):
+                done = message
+                break
+    assert text.strip()
+    live_usage = done["usageMetadata"]
+    assert live_usage["cachedContentTokenCount"] > 0
+    # The turn saw exactly what generateContent sees with the same cache and question.
+    rest = httpx.post(
+        f"{server.base_url}/v1beta/models/{FAST_MODEL}:generateContent",
+        json={"cachedContent": name, "contents": [{"role": "user", "parts": [{"text": question}]}]},
+        timeout=60,
+    ).json()["usageMetadata"]
+    assert live_usage["promptTokenCount"] == rest["promptTokenCount"]
+    assert live_usage["cachedContentTokenCount"] == rest["cachedContentTokenCount"]
+    # A cache of another key, or none at all, is refused at setup.
+    missing = {"setup": {"model": f"models/{FAST_MODEL}", "cachedContent": "cachedContents/0"}}
+    code, reason = await closed_with(server, [json.dumps(missing)])
+    assert code == 1008 and "cachedContents/0" in reason

@@ -96,6 +96,8 @@ def build_app(
     recorder = UsageRecorder(usage, metrics) if usage is not None else None
     if recorder is not None:
         live.ledger = recorder  # Live turns are billed through the same recorder
+    if caches_api is not None:
+        live.caches = caches_api.resolver_for  # a Live setup may name a cachedContent too
     if caches is not None and recorder is not None:
         billing = recorder
         caches.on_delete(lambda entry: billing.record_soon(cache_storage_record(entry, utc_now())))

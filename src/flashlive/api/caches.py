@@ -50,7 +50,10 @@ class CachesApi:
 
     def resolver(self, request: Request) -> CacheResolver:
         """What generateContent needs to look up its `cachedContent`, as this caller."""
-        owner = self._owner_of(request)
+        return self.resolver_for(self._owner_of(request))
+
+    def resolver_for(self, owner: str) -> CacheResolver:
+        """The same for a caller known by its key hash (a Live session)."""
 
         async def resolve(name: str) -> CachedPrefix:
             return prefix_of(self._registry.get(owner, name.removeprefix(NAME_PREFIX)))

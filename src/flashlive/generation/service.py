@@ -375,13 +375,21 @@ class GenerationService:
         final.usage_metadata = _usage(len(prepared.tokens), outcome.generated, outcome.cached)
         yield final
 
-    async def warm(self, model: str, request: GenerateContentRequest) -> bool:
+    async def warm(
+        self,
+        model: str,
+        request: GenerateContentRequest,
+        resolve_cache: CacheResolver | None = None,
+    ) -> bool:
         """Prefill what `request` renders to while the engine is idle: a later request that
         shares its prefix (the same conversation, the user's final words) starts sooner."""
         try:
-            prepared = await self.prepare(model, request)
+            prepared = await self.prepare(model, request, resolve_cache)
         except FlashliveError:
             return False  # the real request will report it
+        found = await self._prefix_state(prepared)
+        if found is not None and found[1] > _held(prepared):
+            return False  # restoring that state is the real request's job, and cheap
         return await prepared.model.engine.warm(prepared.tokens)
 
     async def generate(
@@ -492,6 +500,17 @@ def _usage(prompt: int, generated: int, cached: int = 0) -> UsageMetadata:
             else None
         ),
     )
+
+
+def _held(prepared: Prepared) -> int:
+    """How many leading prompt tokens the engine holds state for right now."""
+    held = prepared.model.engine.cached_prefix
+    n = 0
+    for a, b in zip(held, prepared.tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 def _with_cache(request: GenerateContentRequest, cached: CachedPrefix) -> GenerateContentRequest:

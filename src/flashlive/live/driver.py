@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from flashlive.api.errors import close_code, close_reason, invalid_from_validation
 from flashlive.errors import FailedPrecondition, InvalidArgument, PayloadTooLarge
 from flashlive.ledger.records import ANONYMOUS, UsageRecord, UsageSink, utc_now
+from flashlive.generation.service import CacheResolver
 from flashlive.live.services import LiveServices
 from flashlive.live.session import Conversation, LiveConfig, SpokenLog
 from flashlive.perception.audio import (
@@ -143,6 +144,7 @@ class LiveSession:
     ) -> None:
         self.id = secrets.token_hex(6)
         self.key_hash = key_hash  # whom the ledger bills for this session's turns
+        self.resolve_cache: CacheResolver | None = None
         self.transport = transport
         self.services = services
         limits = services.limits
@@ -197,6 +199,11 @@ class LiveSession:
             raise FailedPrecondition(f"the first message must be setup, not {message.kind}")
         config = LiveConfig.from_setup(message.setup)
         await self.services.models.get(config.model)  # NotFound → 1008 with its message
+        if config.base.cached_content:
+            if self.services.caches is None:
+                raise FailedPrecondition("cachedContent is not available on this server")
+            self.resolve_cache = self.services.caches(self.key_hash)
+            await self.resolve_cache(config.base.cached_content)  # NotFound → 1008
         perception = self.services.perception
         await perception.vad.get()
         await perception.asr.get()
@@ -381,7 +388,9 @@ class LiveSession:
         if text and self.active is None:
             request = self.conversation.request(self.conf.base, _user_text(text))
             began = time.monotonic()
-            done = await self.services.generation.warm(self.conf.model, request)
+            done = await self.services.generation.warm(
+                self.conf.model, request, resolve_cache=self.resolve_cache
+            )
             log.debug(
                 "live session %s: warmed %r: %s in %.3f s",
                 self.id,
@@ -658,7 +667,9 @@ class ModelTurn:
         speaking = config.modality is ResponseModality.AUDIO
         voice = Voice(self) if speaking else None
         try:
-            stream = session.services.generation.stream(config.model, request)
+            stream = session.services.generation.stream(
+                config.model, request, resolve_cache=session.resolve_cache
+            )
             async for chunk in stream:
                 self.chunks += 1
                 for part in chunk.candidates[0].content.parts:
@@ -786,6 +797,7 @@ def _live_usage(usage: UsageMetadata | None, modality: ResponseModality) -> Live
     out = Modality.AUDIO if modality is ResponseModality.AUDIO else Modality.TEXT
     return LiveUsageMetadata(
         prompt_token_count=prompt,
+        cached_content_token_count=usage.cached_content_token_count if usage else None,
         response_token_count=response,
         total_token_count=prompt + response,
         prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=prompt)],

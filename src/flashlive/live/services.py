@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from flashlive.generation.service import GenerationService
+from flashlive.generation.service import CacheResolver, GenerationService
 from flashlive.ledger.records import UsageSink
 from flashlive.models import ModelManager
 from flashlive.perception.asr import Transcriber
@@ -76,3 +76,4 @@ class LiveServices:
     perception: Perception
     limits: LiveLimits
     ledger: UsageSink | None = None  # one record per answered turn, when set
+    caches: Callable[[str], CacheResolver] | None = None  # a key hash's cachedContents, when set

@@ -43,6 +43,11 @@ class LiveConfig:
             raise FailedPrecondition("proactivity is not supported by this server")
         if setup.generation_config and setup.generation_config.enable_affective_dialog:
             raise FailedPrecondition("enableAffectiveDialog is not supported by this server")
+        if setup.cached_content and (setup.system_instruction or setup.tools or setup.tool_config):
+            raise FailedPrecondition(
+                "a setup naming a cachedContent takes its systemInstruction, tools and toolConfig "
+                "from the cache"
+            )
         model = setup.model.removeprefix("models/")
         if not model:
             raise FailedPrecondition("setup.model must name a model, as models/{id}")
@@ -66,7 +71,10 @@ class LiveConfig:
             interrupts=handling is not ActivityHandling.NO_INTERRUPTION,
             vad=vad,
             base=GenerateContentRequest(
-                system_instruction=_system_instruction(setup, modality),
+                cached_content=setup.cached_content,
+                system_instruction=(
+                    None if setup.cached_content else _system_instruction(setup, modality)
+                ),
                 tools=setup.tools,
                 tool_config=setup.tool_config,
                 safety_settings=setup.safety_settings,

@@ -129,6 +129,8 @@ class Setup(Wire):
     proactivity: dict[str, Any] | None = None
     history_config: dict[str, Any] | None = None
     labels: dict[str, str] | None = None
+    # Our extension: the session's context begins with this cachedContents/{id}.
+    cached_content: str | None = None
 
 
 class ClientContent(Wire):

@@ -6,6 +6,8 @@ mapping at the edge is a lookup, never a guess.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class FlashliveError(Exception):
     """Base class: an error that should reach the client as a Gemini error body."""
@@ -62,3 +64,17 @@ class Internal(FlashliveError):
 class Unavailable(FlashliveError):
     http_status = 503
     rpc_status = "UNAVAILABLE"
+
+
+def invalid_from_validation(exc: ValidationError) -> InvalidArgument:
+    """A pydantic error list → one readable INVALID_ARGUMENT, paths in wire (camelCase) names."""
+    lines = []
+    for err in exc.errors(include_url=False)[:5]:
+        path = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent, _, field = path.rpartition(".")
+            where = f" at '{parent}'" if parent else ""
+            lines.append(f'Unknown name "{field}"{where}: Cannot find field.')
+        else:
+            lines.append(f"{path or 'request'}: {err['msg']}")
+    return InvalidArgument("Invalid JSON payload received. " + " ".join(lines))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from flashlive.api.live import serve_session
 from flashlive.errors import NotFound
 from flashlive.ledger.records import UsageRecord
 from flashlive.live.driver import LiveSession
@@ -80,12 +81,14 @@ class FakeGeneration:
         self.cancelled = 0
         self.finished = 0
 
-    async def warm(self, model: str, request: GenerateContentRequest) -> bool:
+    async def warm(
+        self, model: str, request: GenerateContentRequest, resolve_cache: object = None
+    ) -> bool:
         self.warmed.append(request)
         return True
 
     async def stream(
-        self, model: str, request: GenerateContentRequest
+        self, model: str, request: GenerateContentRequest, resolve_cache: object = None
     ) -> AsyncIterator[GenerateContentResponse]:
         self.requests.append(request)
         try:
@@ -149,7 +152,7 @@ def services(generation: FakeGeneration, **limits: Any) -> LiveServices:
 
 async def start(transport: FakeTransport, live: LiveServices, **setup: Any) -> asyncio.Task[None]:
     session = LiveSession(transport, live)
-    task = asyncio.create_task(session.run())
+    task = asyncio.create_task(serve_session(session))
     transport.client({"setup": {"model": "models/m", **setup}})
     return task
 
@@ -182,7 +185,7 @@ async def test_unknown_model_closes_1008() -> None:
     transport = FakeTransport()
     session = LiveSession(transport, services(FakeGeneration([])))
     transport.client({"setup": {"model": "models/nope"}})
-    await session.run()
+    await serve_session(session)
     assert transport.closed is not None and transport.closed[0] == 1008
     assert "nope" in transport.closed[1]
 
@@ -192,7 +195,7 @@ async def test_a_client_that_stops_reading_is_closed_and_memory_stays_bounded() 
     generation = FakeGeneration(["x"] * 500, delay=0.01)  # 5 s of answer
     live = services(generation, send_timeout_s=0.2, outbox_size=4)
     session = LiveSession(transport, live)
-    task = asyncio.create_task(session.run())
+    task = asyncio.create_task(serve_session(session))
     transport.client({"setup": {"model": "models/m"}})
     transport.client({"realtimeInput": {"text": "talk a lot"}})
     async with asyncio.timeout(5):
@@ -301,7 +304,7 @@ async def test_each_answered_turn_writes_one_usage_record() -> None:
     live = services(generation)
     live.ledger = ledger = ListLedger()
     session = LiveSession(transport, live, key_hash="k")
-    task = asyncio.create_task(session.run())
+    task = asyncio.create_task(serve_session(session))
     transport.client({"setup": {"model": "models/m"}})
     transport.client({"realtimeInput": {"text": "tell me a story"}})
     await transport.wait_for(has("modelTurn"))

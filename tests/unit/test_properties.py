@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from flashlive.api.errors import invalid_from_validation
+from flashlive.errors import invalid_from_validation
 from flashlive.generation.text import MarkerSplit, StopMatcher
 from flashlive.protocol.generate import GenerateContentRequest
 

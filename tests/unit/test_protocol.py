@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from flashlive.api.errors import invalid_from_validation
+from flashlive.errors import invalid_from_validation
 from flashlive.protocol.content import Part
 from flashlive.protocol.generate import GenerateContentRequest, GenerationConfig
 

@@ -6,7 +6,6 @@ import json
 import logging
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from flashlive.errors import (
@@ -44,20 +43,6 @@ def sse_error(exc: BaseException) -> bytes:
         log.error("unhandled error while streaming", exc_info=exc)
         exc = Internal("internal error; the server log has the details")
     return b"data: " + json.dumps(error_body(exc)).encode() + b"\r\n\r\n"
-
-
-def invalid_from_validation(exc: ValidationError) -> InvalidArgument:
-    """A pydantic error list → one readable INVALID_ARGUMENT, paths in wire (camelCase) names."""
-    lines = []
-    for err in exc.errors(include_url=False)[:5]:
-        path = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            parent, _, field = path.rpartition(".")
-            where = f" at '{parent}'" if parent else ""
-            lines.append(f'Unknown name "{field}"{where}: Cannot find field.')
-        else:
-            lines.append(f"{path or 'request'}: {err['msg']}")
-    return InvalidArgument("Invalid JSON payload received. " + " ".join(lines))
 
 
 # WebSocket close codes (RFC 6455 §7.4.1): a bad payload is 1007, a message the session's state or

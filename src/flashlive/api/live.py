@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from flashlive.api.errors import close_code, close_reason
 from flashlive.api.keys import presented_key
 from flashlive.ledger.records import hash_key
 from flashlive.live.driver import LiveSession
@@ -56,5 +58,16 @@ class LiveApi:
             key_hash=hash_key(presented_key(websocket.scope)),
         )
         log.info("live session %s opened from %s", session.id, websocket.client)
-        await session.run()
+        await serve_session(session)
         log.info("live session %s ended", session.id)
+
+
+async def serve_session(session: LiveSession) -> None:
+    """Run a session; when it fails, close its socket with the code and reason for the error."""
+    failure = await session.run()
+    if failure is None:
+        return
+    code, reason = close_code(failure), close_reason(failure)
+    log.info("live session %s: closing %d (%s)", session.id, code, reason)
+    with contextlib.suppress(TimeoutError, OSError, RuntimeError):
+        await asyncio.wait_for(session.transport.close(code, reason), timeout=2.0)

@@ -14,10 +14,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from flashlive.api.errors import error_response, invalid_from_validation, sse_error
+from flashlive.api.errors import error_response, sse_error
 from flashlive.api.metrics import Metrics
 from flashlive.api.usage import CallUsage, UsageRecorder, call_usage
-from flashlive.errors import FlashliveError, InvalidArgument, NotFound, PayloadTooLarge
+from flashlive.errors import (
+    FlashliveError,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    invalid_from_validation,
+)
 from flashlive.generation.service import CacheResolver, GenerationService
 from flashlive.ledger.records import UsageRecord
 from flashlive.models import ModelManager, ModelSpec

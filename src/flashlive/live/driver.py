@@ -35,10 +35,14 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from flashlive.api.errors import close_code, close_reason, invalid_from_validation
-from flashlive.errors import FailedPrecondition, InvalidArgument, PayloadTooLarge
-from flashlive.ledger.records import ANONYMOUS, UsageRecord, UsageSink, utc_now
+from flashlive.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PayloadTooLarge,
+    invalid_from_validation,
+)
 from flashlive.generation.service import CacheResolver
+from flashlive.ledger.records import ANONYMOUS, UsageRecord, UsageSink, utc_now
 from flashlive.live.services import LiveServices
 from flashlive.live.session import Conversation, LiveConfig, SpokenLog
 from flashlive.perception.audio import (
@@ -167,7 +171,11 @@ class LiveSession:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self) -> BaseException | None:
+        """Serve the session until the client leaves (None) or it must close (the reason why).
+
+        Closing the socket with a code for that reason is the transport layer's job (`api/`).
+        """
         failure: BaseException | None = None
         try:
             self.config = await self._setup()
@@ -181,11 +189,7 @@ class LiveSession:
             log.info("live session %s: client closed", self.id)
         except* Exception as group:
             failure = group.exceptions[0]
-        if failure is not None:
-            code, reason = close_code(failure), close_reason(failure)
-            log.info("live session %s: closing %d (%s)", self.id, code, reason)
-            with contextlib.suppress(TimeoutError, OSError, RuntimeError):
-                await asyncio.wait_for(self.transport.close(code, reason), timeout=2.0)
+        return failure
 
     async def _setup(self) -> LiveConfig:
         raw = await self._receive_frame()

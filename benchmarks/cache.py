@@ -70,7 +70,7 @@ def measure(client: httpx.Client, model: str, size: int, rng: random.Random) -> 
 
     created = client.post(
         "/v1beta/cachedContents",
-        json={"model": f"models/{model}", "contents": [turn(document(size, rng))], "ttl": "600s"},
+        json={"model": f"models/{model}", "contents": [turn(document(size, rng))], "ttl": "3600s"},
     )
     created.raise_for_status()
     name = created.json()["name"]

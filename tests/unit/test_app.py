@@ -80,3 +80,15 @@ async def test_keys_guard_everything_but_health(tmp_path: Path) -> None:
         assert (await c.get("/v1beta/models")).status_code == 401
         assert (await c.get("/v1beta/models", headers={"x-goog-api-key": "x"})).status_code == 403
         assert (await c.get("/v1beta/models?key=k")).status_code == 200
+
+
+def test_route_labels_name_each_resource_without_ids() -> None:
+    from flashlive.api.metrics import route_label
+
+    assert route_label("POST", "/v1beta/cachedContents") == "cachedContents.create"
+    assert route_label("GET", "/v1/cachedContents") == "cachedContents.list"
+    assert route_label("GET", "/v1beta/cachedContents/0123abcd") == "cachedContents.get"
+    assert route_label("PATCH", "/v1beta/cachedContents/0123abcd") == "cachedContents.update"
+    assert route_label("DELETE", "/v1alpha/cachedContents/0123abcd") == "cachedContents.delete"
+    live = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    assert route_label("GET", live) == "live"

@@ -27,6 +27,14 @@ def route_label(method: str, path: str) -> str:
         return "models.get"
     if re.match(r"^/v1beta/usage$", path):
         return "usage"
+    if re.match(r"^/v1(?:alpha|beta)?/cachedContents/?$", path):
+        return "cachedContents.create" if method == "POST" else "cachedContents.list"
+    if re.match(r"^/v1(?:alpha|beta)?/cachedContents/[^/]+$", path):
+        return {"PATCH": "cachedContents.update", "DELETE": "cachedContents.delete"}.get(
+            method, "cachedContents.get"
+        )
+    if path.startswith("/ws/"):
+        return "live"
     if path in ("/healthz", "/metrics"):
         return path[1:]
     return "other"

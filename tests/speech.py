@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +60,21 @@ def words(text: str) -> list[str]:
     return [_NUMBERS.get(int(w), w) if w.isdigit() else w for w in found]
 
 
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
     row = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):
         prev, row[0] = row[0], i
         for j, h in enumerate(hyp, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[len(hyp)] / max(1, len(ref))
+    return row[len(hyp)]
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref = words(reference)
+    return edit_distance(ref, words(hypothesis)) / max(1, len(ref))
+
+
+def char_error_rate(reference: str, hypothesis: str) -> float:
+    """Edit distance over the letters alone: "a round" and "around" sound the same and match."""
+    ref = "".join(words(reference))
+    return edit_distance(ref, "".join(words(hypothesis))) / max(1, len(ref))

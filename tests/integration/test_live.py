@@ -16,7 +16,7 @@ import websockets
 from conftest import FAST_MODEL, INSTRUCT_MODEL, Server, start_server, stop_server
 from google import genai
 from google.genai import types
-from speech import chunks, rms, silence, spoken, word_error_rate
+from speech import char_error_rate, chunks, rms, silence, spoken, word_error_rate, words
 
 from flashlive.tls import ca_path
 
@@ -132,20 +132,22 @@ async def test_spoken_question_is_transcribed_and_answered(
 
 
 async def test_spoken_answer_is_24khz_speech_matching_its_transcript(
-    server: Server, monkeypatch: pytest.MonkeyPatch
+    instruct_server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flashlive.perception.asr import Transcriber
     from flashlive.perception.audio import resample
 
-    client = sdk_client(server, monkeypatch)
+    client = sdk_client(instruct_server, monkeypatch)
     config = types.LiveConnectConfig(
         response_modalities=["AUDIO"],
         output_audio_transcription=types.AudioTranscriptionConfig(),
         max_output_tokens=40,
     )
-    async with client.aio.live.connect(model=FAST_MODEL, config=config) as session:
+    async with client.aio.live.connect(model=INSTRUCT_MODEL, config=config) as session:
         await session.send_client_content(
-            turns=types.Content(role="user", parts=[types.Part(text="Name a fruit.")]),
+            turns=types.Content(
+                role="user", parts=[types.Part(text="Describe an apple in one sentence.")]
+            ),
             turn_complete=True,
         )
         messages = await turn(session)
@@ -153,14 +155,15 @@ async def test_spoken_answer_is_24khz_speech_matching_its_transcript(
     assert mimes == {"audio/pcm;rate=24000"}
     assert len(pcm) > 2 * 24000 * 0.3 and rms(pcm) > 0.01
     said = transcript(messages, "output_transcription")
-    assert said.strip()
+    assert len(words(said)) >= 3, said  # a sentence: one word is too little to compare
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     transcriber = Transcriber.load()
     try:
         heard = await transcriber.transcribe("test", resample(samples, 24000, 16000))
     finally:
         transcriber.close()
-    assert word_error_rate(said, heard.text) <= 0.2, (said, heard.text)
+    # Letters, not words: ASR may split one sound differently ("a round" / "around").
+    assert char_error_rate(said, heard.text) <= 0.2, (said, heard.text)
 
 
 async def test_speaking_over_a_long_answer_interrupts_it(

@@ -321,3 +321,29 @@ async def test_each_answered_turn_writes_one_usage_record() -> None:
     assert ledger.records[0].output_tokens["TEXT"] > 0  # cut off: what was streamed so far
     assert ledger.records[1].total_output == 200
     assert len({r.request_id for r in ledger.records}) == 2
+
+
+async def test_a_key_over_its_quota_gets_no_more_turns() -> None:
+    from flashlive.errors import ResourceExhausted
+
+    transport, generation = FakeTransport(), FakeGeneration(["ok"])
+    live = services(generation)
+    turns: list[str] = []
+
+    def quota(key_hash: str) -> None:
+        turns.append(key_hash)
+        if len(turns) > 1:
+            raise ResourceExhausted("Quota exceeded: 1 requests per minute; retry in 42 s")
+
+    live.quota = quota
+    session = LiveSession(transport, live, key_hash="k1")
+    task = asyncio.create_task(serve_session(session))
+    transport.client({"setup": {"model": "models/m"}})
+    transport.client({"realtimeInput": {"text": "one"}})
+    await transport.wait_for(has("turnComplete"))
+    transport.client({"realtimeInput": {"text": "two"}})
+    async with asyncio.timeout(5):
+        await task
+    assert transport.closed is not None and transport.closed[0] == 1013
+    assert "retry in 42 s" in transport.closed[1]
+    assert turns == ["k1", "k1"] and len(generation.requests) == 1

@@ -95,6 +95,7 @@ def build_app(
     )
     recorder = UsageRecorder(usage, metrics) if usage is not None else None
     if recorder is not None:
+        live.quota = recorder.check  # a key over its quota gets no more Live turns either
         live.ledger = recorder  # Live turns are billed through the same recorder
     if caches_api is not None:
         live.caches = caches_api.resolver_for  # a Live setup may name a cachedContent too

@@ -324,6 +324,10 @@ class LiveSession:
             await self.audio.put(AudioIn(samples))
 
     async def _user_turn(self, turn: UserTurn) -> None:
+        if self.services.quota is not None:
+            # Over quota ends the session (1013, with the wait in the reason): a socket has no
+            # per-message error, and answering anyway would overspend.
+            self.services.quota(self.key_hash)
         try:
             self.turns.put_nowait(turn)
         except asyncio.QueueFull:

@@ -77,3 +77,5 @@ class LiveServices:
     limits: LiveLimits
     ledger: UsageSink | None = None  # one record per answered turn, when set
     caches: Callable[[str], CacheResolver] | None = None  # a key hash's cachedContents, when set
+    # Raises ResourceExhausted when a key hash is over its quota, when quotas are set.
+    quota: Callable[[str], None] | None = None

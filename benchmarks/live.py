@@ -41,7 +41,6 @@ import math
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,11 +52,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from benchmarks.server import BenchServer, flashlive_server
 from flashlive.config import Settings
 from flashlive.models import BUILTIN_MODELS, DEFAULT_MODEL
 
@@ -197,57 +196,10 @@ def synthesise(text: str, cache: Path) -> Utterance:
 # --- server ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Server:
-    port: int
-    log_path: Path
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{WS_PATH}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @contextmanager
-def server_process(model: str, tmp: Path) -> Iterator[Server]:
-    """Start `flashlive serve` on a free loopback port, wait for /healthz, always stop it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHLIVE_")}
-    command = [
-        sys.executable, "-m", "flashlive.cli", "serve", "--host", "127.0.0.1",
-        "--port", str(port), "--tls-port", "0", "--model", model,
-        "--data-dir", str(tmp / "data"), "--models-dir", str(Settings().models_dir),
-    ]  # fmt: skip
-    server = Server(port, tmp / "server.log")
-    with server.log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{server.log()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+def server_process(model: str, tmp: Path) -> Iterator[BenchServer]:
+    with flashlive_server(model, tmp, "--models-dir", str(Settings().models_dir)) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 # --- one Live session -----------------------------------------------------------------------
@@ -485,7 +437,7 @@ async def spoken_turn(live: Live, utterance: Utterance, label: str, complete_s: 
 
 @dataclass
 class Bench:
-    server: Server
+    server: BenchServer
     model: str
     verbose: bool
 
@@ -729,7 +681,7 @@ def breakdown(log: str) -> str:
 # --- main -----------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, server: Server, utterances: list[Utterance],
+async def run(args: argparse.Namespace, server: BenchServer, utterances: list[Utterance],
               pool: list[Utterance], stop: Utterance, warm_up: Utterance) -> None:  # fmt: skip
     bench = Bench(server, args.model, args.verbose)
     t0 = time.perf_counter()

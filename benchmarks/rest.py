@@ -18,23 +18,20 @@ import os
 import random
 import secrets
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from google import genai
 from google.genai import types
 
+from benchmarks.server import flashlive_server
 from flashlive.config import Settings
-from flashlive.engine.base import CancelToken
+from flashlive.engine.base import CancelToken, common_prefix
 from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.generation.service import GenerationService, Prepared
 from flashlive.models import BUILTIN_MODELS, DEFAULT_MODEL, ModelManager
@@ -94,56 +91,23 @@ def compose(nonce: str, body: str) -> str:
     return f"{nonce}\n{body}\n\n{INSTRUCTION}"
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def server_process(model: str, models_dir: Path, context_size: int = CONTEXT_SIZE) -> Iterator[str]:
     """Start `flashlive serve` on a free loopback port, yield its base URL, always stop it."""
-    with tempfile.TemporaryDirectory(prefix="flashlive-bench-") as tmp:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHLIVE_")}
-        command = [
-            sys.executable, "-m", "flashlive.cli", "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--tls-port", "0", "--model", model,
-            "--data-dir", str(Path(tmp) / "data"), "--models-dir", str(models_dir),
-            "--context-size", str(context_size), "--output-token-limit", str(OUTPUT_LIMIT),
-        ]  # fmt: skip
-        log_path = Path(tmp) / "server.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            base_url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-                try:
-                    if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
-            yield base_url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+    with (
+        tempfile.TemporaryDirectory(prefix="flashlive-bench-") as tmp,
+        flashlive_server(
+            model,
+            Path(tmp),
+            "--models-dir",
+            str(models_dir),
+            "--context-size",
+            str(context_size),
+            "--output-token-limit",
+            str(OUTPUT_LIMIT),
+        ) as server,  # fmt: skip
+    ):
+        yield server.base_url
 
 
 class Bench:

@@ -17,10 +17,9 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 
-from flashlive.engine import PrefixState
+from flashlive.engine import PrefixState, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +159,3 @@ class PrefixStore:
                 break
             total -= path.stat().st_size
             path.unlink(missing_ok=True)
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

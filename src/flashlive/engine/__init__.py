@@ -8,6 +8,7 @@ from flashlive.engine.base import (
     PrefixState,
     SamplingParams,
     TokenPiece,
+    common_prefix,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "PrefixState",
     "SamplingParams",
     "TokenPiece",
+    "common_prefix",
 ]

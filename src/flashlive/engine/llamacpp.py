@@ -29,6 +29,7 @@ from flashlive.engine.base import (
     PrefixState,
     SamplingParams,
     TokenPiece,
+    common_prefix,
 )
 from flashlive.errors import InvalidArgument, ResourceExhausted
 
@@ -290,10 +291,10 @@ class LlamaCppEngine:
         """
         import llama_cpp
 
-        shared = _common_prefix(state.tokens, prompt)
+        shared = common_prefix(state.tokens, prompt)
         if state.model != self._info.name or shared == 0:
             return
-        if not force and _common_prefix(self._llm._input_ids, prompt) >= shared:
+        if not force and common_prefix(self._llm._input_ids, prompt) >= shared:
             return
         llm = self._llm
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm._ctx.ctx), True)
@@ -336,7 +337,7 @@ class LlamaCppEngine:
         before sampling.
         """
         llm = self._llm
-        reuse = _common_prefix(llm._input_ids, tokens)
+        reuse = common_prefix(llm._input_ids, tokens)
         if reuse < llm.n_tokens:
             if not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
                 llm.reset()
@@ -353,12 +354,3 @@ class LlamaCppEngine:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._llm.close)
         if self._owns_worker:
             self._executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

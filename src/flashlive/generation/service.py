@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flashlive.cache.kv import PrefixStore
-from flashlive.engine import FinishCause, PrefixState, SamplingParams
+from flashlive.engine import FinishCause, PrefixState, SamplingParams, common_prefix
 from flashlive.errors import FlashliveError, InvalidArgument
 from flashlive.generation.guard import ControlTokenGuard
 from flashlive.generation.prompt import (
@@ -268,12 +268,7 @@ class GenerationService:
         )
         text = formatter.render([_defused_message(guard, m) for m in alone], []).text
         own = await asyncio.to_thread(loaded.engine.tokenize, text)
-        n = 0
-        for a, b in zip(own, tokens, strict=False):
-            if a != b:
-                break
-            n += 1
-        return min(n, len(tokens) - 1)
+        return min(common_prefix(own, tokens), len(tokens) - 1)
 
     async def warm_cache(self, model: str, cached: CachedPrefix) -> int:
         """Compute and keep the state of a cached context now, so its first use is fast too.
@@ -504,13 +499,7 @@ def _usage(prompt: int, generated: int, cached: int = 0) -> UsageMetadata:
 
 def _held(prepared: Prepared) -> int:
     """How many leading prompt tokens the engine holds state for right now."""
-    held = prepared.model.engine.cached_prefix
-    n = 0
-    for a, b in zip(held, prepared.tokens, strict=False):
-        if a != b:
-            break
-        n += 1
-    return n
+    return common_prefix(prepared.model.engine.cached_prefix, prepared.tokens)
 
 
 def _with_cache(request: GenerateContentRequest, cached: CachedPrefix) -> GenerateContentRequest:

@@ -60,7 +60,6 @@ from benchmarks.server import BenchServer, flashlive_server
 from flashlive.config import Settings
 from flashlive.models import BUILTIN_MODELS, DEFAULT_MODEL
 
-WS_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 RATE = 16000
 CHUNK_MS = 40
 CHUNK = RATE * CHUNK_MS // 1000  # samples per realtimeInput.audio message

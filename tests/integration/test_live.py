@@ -199,11 +199,10 @@ async def test_speaking_over_a_long_answer_interrupts_it(
     assert not audio_of(after)[0]
 
 
-async def test_manual_activity_signals(
-    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    sentence = "Please name three colors."
-    pcm = spoken(sentence, tmp_path)
+async def manual_turn(
+    server: Server, monkeypatch: pytest.MonkeyPatch, pcm: bytes, rate: int, max_tokens: int
+) -> list[types.LiveServerMessage]:
+    """One turn with automatic detection off: the client marks where speech starts and ends."""
     client = sdk_client(server, monkeypatch)
     config = types.LiveConnectConfig(
         response_modalities=["TEXT"],
@@ -211,16 +210,23 @@ async def test_manual_activity_signals(
         realtime_input_config=types.RealtimeInputConfig(
             automatic_activity_detection=types.AutomaticActivityDetection(disabled=True)
         ),
-        max_output_tokens=24,
+        max_output_tokens=max_tokens,
     )
     async with client.aio.live.connect(model=FAST_MODEL, config=config) as session:
         await session.send_realtime_input(activity_start=types.ActivityStart())
-        for chunk in chunks(pcm, CHUNK_MS):  # no pacing, no trailing silence: the client decides
+        for chunk in chunks(pcm, CHUNK_MS, rate=rate):  # no pacing, no trailing silence
             await session.send_realtime_input(
-                audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=16000")
+                audio=types.Blob(data=chunk, mime_type=f"audio/pcm;rate={rate}")
             )
         await session.send_realtime_input(activity_end=types.ActivityEnd())
-        messages = await turn(session)
+        return await turn(session)
+
+
+async def test_manual_activity_signals(
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sentence = "Please name three colors."
+    messages = await manual_turn(server, monkeypatch, spoken(sentence, tmp_path), 16000, 24)
     assert word_error_rate(sentence, transcript(messages, "input_transcription")) <= 0.2
     assert messages[-1].server_content and messages[-1].server_content.turn_complete
 
@@ -230,23 +236,7 @@ async def test_audio_at_another_rate_is_resampled(
 ) -> None:
     sentence = "The weather is sunny today."
     pcm = spoken(sentence, tmp_path, rate=48000)
-    client = sdk_client(server, monkeypatch)
-    config = types.LiveConnectConfig(
-        response_modalities=["TEXT"],
-        input_audio_transcription=types.AudioTranscriptionConfig(),
-        realtime_input_config=types.RealtimeInputConfig(
-            automatic_activity_detection=types.AutomaticActivityDetection(disabled=True)
-        ),
-        max_output_tokens=8,
-    )
-    async with client.aio.live.connect(model=FAST_MODEL, config=config) as session:
-        await session.send_realtime_input(activity_start=types.ActivityStart())
-        for chunk in chunks(pcm, CHUNK_MS, rate=48000):
-            await session.send_realtime_input(
-                audio=types.Blob(data=chunk, mime_type="audio/pcm;rate=48000")
-            )
-        await session.send_realtime_input(activity_end=types.ActivityEnd())
-        messages = await turn(session)
+    messages = await manual_turn(server, monkeypatch, pcm, 48000, 8)
     assert word_error_rate(sentence, transcript(messages, "input_transcription")) <= 0.2
 
 

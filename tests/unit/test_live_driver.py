@@ -150,8 +150,10 @@ def services(generation: FakeGeneration, **limits: Any) -> LiveServices:
     return LiveServices(FakeModels(), generation, perception, LiveLimits(**limits))  # type: ignore[arg-type]
 
 
-async def start(transport: FakeTransport, live: LiveServices, **setup: Any) -> asyncio.Task[None]:
-    session = LiveSession(transport, live)
+async def start(
+    transport: FakeTransport, live: LiveServices, key_hash: str = "anonymous", **setup: Any
+) -> asyncio.Task[None]:
+    session = LiveSession(transport, live, key_hash=key_hash)
     task = asyncio.create_task(serve_session(session))
     transport.client({"setup": {"model": "models/m", **setup}})
     return task
@@ -303,9 +305,7 @@ async def test_each_answered_turn_writes_one_usage_record() -> None:
     generation = FakeGeneration([f"w{i} " for i in range(200)], delay=0.01)
     live = services(generation)
     live.ledger = ledger = ListLedger()
-    session = LiveSession(transport, live, key_hash="k")
-    task = asyncio.create_task(serve_session(session))
-    transport.client({"setup": {"model": "models/m"}})
+    task = await start(transport, live, key_hash="k")
     transport.client({"realtimeInput": {"text": "tell me a story"}})
     await transport.wait_for(has("modelTurn"))
     transport.client({"realtimeInput": {"text": "stop"}})
@@ -336,9 +336,7 @@ async def test_a_key_over_its_quota_gets_no_more_turns() -> None:
             raise ResourceExhausted("Quota exceeded: 1 requests per minute; retry in 42 s")
 
     live.quota = quota
-    session = LiveSession(transport, live, key_hash="k1")
-    task = asyncio.create_task(serve_session(session))
-    transport.client({"setup": {"model": "models/m"}})
+    task = await start(transport, live, key_hash="k1")
     transport.client({"realtimeInput": {"text": "one"}})
     await transport.wait_for(has("turnComplete"))
     transport.client({"realtimeInput": {"text": "two"}})

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import logging
 import os
 import random
 import threading
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,17 +182,24 @@ class LlamaCppEngine:
         emit: Emit,
         prefix: PrefixState | None,
     ) -> None:
+        with self._started():
+            try:
+                if cancel.cancelled:
+                    emit(TokenPiece("", None, FinishCause.CANCELLED))
+                    return
+                self._generate(prompt, params, cancel, emit, prefix)
+            except BaseException as exc:  # reported to the awaiting coroutine, never lost
+                log.exception("generation failed")
+                emit(exc)
+
+    @contextlib.contextmanager
+    def _started(self) -> Iterator[None]:
+        """A job left the queue and runs on the worker: the counters /metrics reports."""
         with self._state_lock:
             self._waiting -= 1
             self._active += 1
         try:
-            if cancel.cancelled:
-                emit(TokenPiece("", None, FinishCause.CANCELLED))
-                return
-            self._generate(prompt, params, cancel, emit, prefix)
-        except BaseException as exc:  # reported to the awaiting coroutine, never lost
-            log.exception("generation failed")
-            emit(exc)
+            yield
         finally:
             with self._state_lock:
                 self._active -= 1
@@ -262,16 +270,10 @@ class LlamaCppEngine:
         return await loop.run_in_executor(self._executor, self._snapshot, wanted)
 
     def _snapshot(self, tokens: list[int] | None) -> PrefixState:
-        with self._state_lock:
-            self._waiting -= 1
-            self._active += 1
-        try:
+        with self._started():
             if tokens is not None:
                 self._prefill(tokens, CancelToken())
             return self._save()
-        finally:
-            with self._state_lock:
-                self._active -= 1
 
     def _save(self) -> PrefixState:
         import llama_cpp
@@ -320,14 +322,8 @@ class LlamaCppEngine:
             cancel.cancel()  # a caller that gave up stops the work at the next slice
 
     def _warm(self, prefix: list[int], cancel: CancelToken) -> bool:
-        with self._state_lock:
-            self._waiting -= 1
-            self._active += 1
-        try:
+        with self._started():
             return self._prefill(prefix, cancel, step=WARM_SLICE)
-        finally:
-            with self._state_lock:
-                self._active -= 1
 
     def _prefill(self, tokens: list[int], cancel: CancelToken, step: int | None = None) -> bool:
         """Bring the KV state up to `tokens`; False when cancelled.

@@ -2,10 +2,11 @@
 # Installs the Debian packages flashlive needs, only those missing:
 #   runtime: a C/C++ toolchain and cmake (pip compiles llama.cpp once), espeak-ng (fallback voice)
 #   dev:     + Node.js and npm (the JavaScript SDK tests), sox (test speech at 16 kHz),
-#            postgresql (the ledger tests start a throwaway cluster on loopback)
+#            postgresql (the ledger tests start a throwaway cluster on loopback),
+#            redis-server (the session store tests start a throwaway server on loopback)
 set -euo pipefail
 want=(gcc:gcc g++:g++ make:make cmake:cmake espeak-ng:espeak-ng)
-[ "${1:-runtime}" = dev ] && want+=(node:nodejs npm:npm sox:sox)
+[ "${1:-runtime}" = dev ] && want+=(node:nodejs npm:npm sox:sox redis-server:redis-server)
 missing=()
 for pair in "${want[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

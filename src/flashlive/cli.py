@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=int)
     serve.add_argument("--live-max-frame-bytes", type=int)
     serve.add_argument("--live-send-timeout-s", type=float)
+    serve.add_argument("--live-max-connection-s", type=float, help="0: connections never expire")
+    serve.add_argument("--live-goaway-notice-s", type=float)
+    serve.add_argument("--live-resume-ttl-s", type=float, help="how long a handle stays valid")
+    serve.add_argument(
+        "--session-store", help="memory (default), sqlite, sqlite:///path or redis://host:port/db"
+    )
     serve.add_argument("--tts", choices=["auto", "piper", "espeak"])
     serve.add_argument("--ledger-url", help="sqlite:///path or postgresql://... (default: SQLite)")
     serve.add_argument("--prices-file", type=Path, help="TOML or JSON prices per million tokens")

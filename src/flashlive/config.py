@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     live_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     live_send_timeout_s: float = Field(default=10.0, gt=0)  # a Live client that stops reading
+    # Hours-long Live sessions (README: "Long Live sessions").
+    live_max_connection_s: float = Field(default=600.0, ge=0)  # then goAway and close; 0: never
+    live_goaway_notice_s: float = Field(default=10.0, ge=0)  # goAway comes this long before
+    live_resume_ttl_s: float = Field(default=7200.0, gt=0)  # a handle outlives its last use so long
+    # Where resumption state and ephemeral tokens live: memory, sqlite (in the data dir),
+    # sqlite:////abs/path, or redis://host:port/db.
+    session_store: str = "memory"
     tts: str = Field(default="auto", pattern="^(auto|piper|espeak)$")  # auto: Piper, else espeak-ng
     cache_min_tokens: int = Field(default=128, ge=0)  # smaller cachedContents are refused
     cache_sweep_interval_s: float = Field(default=60.0, gt=0)  # how often expired caches go

@@ -66,6 +66,13 @@ class Unavailable(FlashliveError):
     rpc_status = "UNAVAILABLE"
 
 
+class DeadlineExceeded(FlashliveError):
+    """A time limit ran out: a Live connection's maximum duration, say. Nothing was wrong."""
+
+    http_status = 504
+    rpc_status = "DEADLINE_EXCEEDED"
+
+
 def invalid_from_validation(exc: ValidationError) -> InvalidArgument:
     """A pydantic error list → one readable INVALID_ARGUMENT, paths in wire (camelCase) names."""
     lines = []

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -63,11 +64,24 @@ class FakeTransport:
                 await self.got_message.wait()
 
 
+class FakeEngine:
+    """Counts a token per word; holds `context_size` tokens."""
+
+    def __init__(self, context_size: int = 4096) -> None:
+        self.info = SimpleNamespace(context_size=context_size)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
 class FakeModels:
+    def __init__(self, context_size: int = 4096) -> None:
+        self.engine = FakeEngine(context_size)
+
     async def get(self, model: str) -> object:
         if model != "m":
             raise NotFound(f"models/{model} is not found")
-        return object()
+        return SimpleNamespace(engine=self.engine)
 
 
 class FakeGeneration:
@@ -80,17 +94,38 @@ class FakeGeneration:
         self.warmed: list[GenerateContentRequest] = []
         self.cancelled = 0
         self.finished = 0
+        self.state_keys: set[str] = set()
+        self.forgotten: list[str] = []
+
+    async def prepare(
+        self, model: str, request: GenerateContentRequest, resolve_cache: object = None
+    ) -> object:
+        words = sum(len((p.text or "").split()) for c in request.contents for p in c.parts)
+        return SimpleNamespace(tokens=[0] * (words + 10))  # 10: the chat scaffolding
+
+    def forget_state(self, key: str) -> None:
+        self.forgotten.append(key)
 
     async def warm(
-        self, model: str, request: GenerateContentRequest, resolve_cache: object = None
+        self,
+        model: str,
+        request: GenerateContentRequest,
+        resolve_cache: object = None,
+        state_key: str | None = None,
     ) -> bool:
         self.warmed.append(request)
         return True
 
     async def stream(
-        self, model: str, request: GenerateContentRequest, resolve_cache: object = None
+        self,
+        model: str,
+        request: GenerateContentRequest,
+        resolve_cache: object = None,
+        state_key: str | None = None,
     ) -> AsyncIterator[GenerateContentResponse]:
         self.requests.append(request)
+        if state_key is not None:
+            self.state_keys.add(state_key)
         try:
             for piece in self.pieces:
                 await asyncio.sleep(self.delay)
@@ -345,3 +380,203 @@ async def test_a_key_over_its_quota_gets_no_more_turns() -> None:
     assert transport.closed is not None and transport.closed[0] == 1013
     assert "retry in 42 s" in transport.closed[1]
     assert turns == ["k1", "k1"] and len(generation.requests) == 1
+
+
+# --- hours-long sessions: resumption, goAway, the window ------------------------------------
+
+
+def handle_of(transport: FakeTransport) -> str:
+    updates = [
+        m["sessionResumptionUpdate"] for m in transport.sent if "sessionResumptionUpdate" in m
+    ]
+    assert updates and all(u["resumable"] for u in updates)
+    return str(updates[-1]["newHandle"])
+
+
+def texts_of(transport: FakeTransport) -> str:
+    return "".join(
+        p.get("text", "")
+        for m in transport.sent
+        for p in m.get("serverContent", {}).get("modelTurn", {}).get("parts", [])
+    )
+
+
+async def test_a_resumable_session_sends_a_handle_after_setup_and_every_turn() -> None:
+    transport, generation = FakeTransport(), FakeGeneration(["ok"])
+    task = await start(transport, services(generation), sessionResumption={})
+
+    def updates(n: int) -> Any:
+        return lambda m: sum("sessionResumptionUpdate" in x for x in transport.sent) >= n
+
+    await transport.wait_for(updates(1))
+    for n, text in ((2, "one"), (3, "two")):
+        transport.client({"realtimeInput": {"text": text}})
+        await transport.wait_for(updates(n))
+    kinds = [next(iter(m)) for m in transport.sent]
+    assert kinds[:2] == ["setupComplete", "sessionResumptionUpdate"]
+    # Each turn's update follows its turnComplete.
+    completes = [i for i, m in enumerate(transport.sent) if has("turnComplete")(m)]
+    assert all(kinds[i + 1] == "sessionResumptionUpdate" for i in completes)
+    transport.inbound.put_nowait(None)
+    await task
+
+
+async def test_resuming_restores_the_history_and_settings() -> None:
+    live = services(FakeGeneration(["first answer"]))
+    transport = FakeTransport()
+    task = await start(
+        transport,
+        live,
+        sessionResumption={},
+        systemInstruction={"parts": [{"text": "Be terse."}]},
+    )
+    transport.client({"realtimeInput": {"text": "remember seven"}})
+    await transport.wait_for(has("turnComplete"))
+    await transport.wait_for(
+        lambda m: "sessionResumptionUpdate" in m and has("turnComplete")(transport.sent[-2])
+    )
+    handle = handle_of(transport)
+    transport.inbound.put_nowait(None)
+    await task
+
+    generation = FakeGeneration(["second answer"])
+    live.generation = generation  # type: ignore[assignment]
+    again = FakeTransport()
+    task = await start(again, live, sessionResumption={"handle": handle})
+    again.client({"realtimeInput": {"text": "what number?"}})
+    await again.wait_for(has("turnComplete"))
+    request = generation.requests[-1]
+    assert [c.parts[0].text for c in request.contents] == [
+        "remember seven",
+        "first answer",
+        "what number?",
+    ]
+    assert request.system_instruction is not None
+    assert request.system_instruction.parts[0].text == "Be terse."  # the saved setup, not a new one
+    assert handle_of(again) == handle
+    again.inbound.put_nowait(None)
+    await task
+
+
+async def test_a_turn_cut_off_by_a_dropped_socket_is_answered_after_resuming() -> None:
+    live = services(FakeGeneration(["x "] * 1000, delay=0.01))
+    transport = FakeTransport()
+    task = await start(transport, live, sessionResumption={})
+    await transport.wait_for(lambda m: "sessionResumptionUpdate" in m)
+    handle = handle_of(transport)
+    transport.client(
+        {
+            "clientContent": {
+                "turns": [{"parts": [{"text": "the lost question"}]}],
+                "turnComplete": True,
+            }
+        }
+    )
+    await transport.wait_for(has("modelTurn"))
+    transport.inbound.put_nowait(None)  # the socket drops mid-answer
+    await task
+
+    generation = FakeGeneration(["regenerated"])
+    live.generation = generation  # type: ignore[assignment]
+    again = FakeTransport()
+    task = await start(again, live, sessionResumption={"handle": handle})
+    await again.wait_for(has("turnComplete"))  # answered without being asked again
+    assert texts_of(again) == "regenerated"
+    assert generation.requests[0].contents[-1].parts[0].text == "the lost question"
+    again.inbound.put_nowait(None)
+    await task
+
+
+async def test_a_handle_is_bound_to_its_key_and_unknown_handles_are_refused() -> None:
+    live = services(FakeGeneration(["ok"]))
+    transport = FakeTransport()
+    task = await start(transport, live, key_hash="alice", sessionResumption={})
+    await transport.wait_for(lambda m: "sessionResumptionUpdate" in m)
+    handle = handle_of(transport)
+    transport.inbound.put_nowait(None)
+    await task
+    for key, given in (("mallory", handle), ("alice", "no-such-handle")):
+        other = FakeTransport()
+        await (await start(other, live, key_hash=key, sessionResumption={"handle": given}))
+        assert other.closed is not None and other.closed[0] == 1008
+        assert "unknown or has expired" in other.closed[1]
+
+
+async def test_resuming_elsewhere_ends_the_old_connection() -> None:
+    live = services(FakeGeneration(["ok"]))
+    old = FakeTransport()
+    old_task = await start(old, live, sessionResumption={})
+    await old.wait_for(lambda m: "sessionResumptionUpdate" in m)
+    new = FakeTransport()
+    new_task = await start(new, live, sessionResumption={"handle": handle_of(old)})
+    await new.wait_for(lambda m: "setupComplete" in m)
+    async with asyncio.timeout(5):
+        await old_task
+    assert old.closed is not None and old.closed[0] == 1008
+    assert "resumed on another connection" in old.closed[1]
+    new.inbound.put_nowait(None)
+    await new_task
+
+
+async def test_go_away_comes_before_the_time_limit_close() -> None:
+    transport = FakeTransport()
+    live = services(FakeGeneration(["ok"]), max_connection_s=0.6, goaway_notice_s=0.4)
+    task = await start(transport, live, sessionResumption={})
+    async with asyncio.timeout(5):
+        await task
+    go_away = next(m["goAway"] for m in transport.sent if "goAway" in m)
+    assert 0.3 <= float(go_away["timeLeft"].removesuffix("s")) <= 0.4
+    assert transport.closed is not None and transport.closed[0] == 1000
+    assert "resume" in transport.closed[1]
+
+
+async def test_the_sliding_window_keeps_a_long_session_bounded() -> None:
+    generation = FakeGeneration(["an answer of six words here"])
+    transport = FakeTransport()
+    task = await start(
+        transport,
+        services(generation),
+        contextWindowCompression={"triggerTokens": 120, "slidingWindow": {"targetTokens": 60}},
+    )
+    for i in range(60):  # ~20 tokens a turn: 20x the target
+        transport.client({"realtimeInput": {"text": f"question number {i} please"}})
+        async with asyncio.timeout(5):
+            while generation.finished <= i:
+                await asyncio.sleep(0.005)
+    sizes = [
+        sum(len((p.text or "").split()) + 6 for c in r.contents for p in c.parts)
+        for r in generation.requests
+    ]
+    assert max(sizes) <= 120
+    last = generation.requests[-1].contents
+    assert last[-1].parts[0].text == "question number 59 please"
+    assert last[0].parts[0].text != "question number 0 please"
+    transport.inbound.put_nowait(None)
+    await task
+
+
+async def test_without_compression_a_full_context_closes_with_a_reason() -> None:
+    transport = FakeTransport()
+    live = services(FakeGeneration(["ok"]))
+    live.models = FakeModels(context_size=120)  # type: ignore[assignment]
+    task = await start(transport, live)
+    async with asyncio.timeout(5):
+        for turn in range(10):
+            transport.client({"realtimeInput": {"text": "w " * 20}})
+            while not task.done() and sum(has("turnComplete")(m) for m in transport.sent) <= turn:
+                await asyncio.sleep(0.005)
+        await task
+    assert transport.closed is not None and transport.closed[0] == 1008
+    assert "context is full" in transport.closed[1]
+
+
+async def test_the_engine_state_is_kept_per_session_and_forgotten_at_the_end() -> None:
+    generation = FakeGeneration(["ok"])
+    transport = FakeTransport()
+    task = await start(transport, services(generation))
+    transport.client({"realtimeInput": {"text": "hi"}})
+    await transport.wait_for(has("turnComplete"))
+    transport.inbound.put_nowait(None)
+    await task
+    assert len(generation.state_keys) == 1
+    assert generation.forgotten == list(generation.state_keys)  # not resumable: freed

@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 
 from flashlive.errors import FailedPrecondition, InvalidArgument
-from flashlive.live.session import SPOKEN_STYLE, Conversation, LiveConfig, SpokenLog
+from flashlive.live.session import (
+    SPOKEN_STYLE,
+    Conversation,
+    LiveConfig,
+    SavedSession,
+    SpokenLog,
+    Window,
+)
 from flashlive.protocol.content import Content, FunctionCall, FunctionResponse, Part, Role
 from flashlive.protocol.generate import GenerateContentRequest
-from flashlive.protocol.live import ResponseModality, Setup
+from flashlive.protocol.live import ContextWindowCompression, ResponseModality, Setup
 
 
 def setup(**fields: object) -> Setup:
@@ -61,8 +68,6 @@ def test_manual_detection_and_no_interruption() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {"sessionResumption": {}},
-        {"contextWindowCompression": {"triggerTokens": 10}},
         {"proactivity": {"proactiveAudio": True}},
         {"generationConfig": {"enableAffectiveDialog": True}},
     ],
@@ -148,3 +153,122 @@ def test_heard_counts_clauses_that_started_playing() -> None:
     assert log.heard(0.0) == "One two."
     assert log.heard(1.2) == "One two. Three four."
     assert log.heard(10) == "One two. Three four. Five."
+
+
+def words(content: Content) -> int:
+    return sum(len((p.text or "").split()) for p in content.parts)
+
+
+def compression(trigger: int | None = None, target: int | None = None) -> ContextWindowCompression:
+    window = {"targetTokens": target} if target is not None else {}
+    return ContextWindowCompression.model_validate(
+        {"triggerTokens": trigger, "slidingWindow": window}
+    )
+
+
+def test_window_defaults_follow_the_context() -> None:
+    plain = Window.from_setup(None, context_size=1000, reserve=200)
+    assert (plain.limit, plain.trigger) == (800, None)
+    sliding = Window.from_setup(compression(), context_size=1000, reserve=200)
+    assert (sliding.trigger, sliding.target) == (640, 320)  # 80% of the limit, then half
+    given = Window.from_setup(compression(500, 100), context_size=1000, reserve=200)
+    assert (given.trigger, given.target) == (500, 100)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "target", "complaint"),
+    [(900, None, "exceeds"), (400, 400, "below"), (400, 500, "below")],
+)
+def test_impossible_windows_are_refused(trigger: int, target: int | None, complaint: str) -> None:
+    with pytest.raises(FailedPrecondition, match=complaint):
+        Window.from_setup(compression(trigger, target), context_size=1000, reserve=200)
+
+
+def run_turns(conversation: Conversation, window: Window, turns: int) -> list[int]:
+    dropped = []
+    for i in range(turns):
+        dropped.append(conversation.commit_user(user(f"question {i} " + "w " * 8), window))
+        conversation.record_model(f"answer {i} " + "w " * 8, [])
+    return dropped
+
+
+def test_the_sliding_window_drops_oldest_whole_turns_down_to_the_target() -> None:
+    conversation = Conversation(count=words, base_tokens=5)
+    window = Window(limit=1000, trigger=100, target=50)
+    dropped = run_turns(conversation, window, 40)  # 40 turns of 20 tokens: 16x the target
+    assert conversation.tokens <= window.trigger
+    assert conversation.dropped_turns == sum(dropped) > 0
+    first = conversation.history[0]
+    assert first.role is Role.USER and (first.parts[0].text or "").startswith("question")
+    # The newest turns survive, in order.
+    assert conversation.history[-1].parts[0].text == "answer 39 " + "w " * 8
+    kept = [int((c.parts[0].text or "").split()[1]) for c in conversation.history[::2]]
+    assert kept == list(range(40 - len(kept), 40))
+    # Cuts are rare: between two cuts the context grows from the target back to the trigger.
+    assert sum(1 for d in dropped if d) <= 40 * 20 // (window.trigger - window.target) + 1
+
+
+def test_a_cut_never_splits_a_tool_call_from_its_result() -> None:
+    conversation = Conversation(count=words)
+    window = Window(limit=1000, trigger=30, target=10)
+    call = FunctionCall(id="c1", name="f", args={})
+    conversation.commit_user(user("one two three four five six"), window)
+    conversation.record_model("", [call])
+    result = Content(
+        role=Role.USER,
+        parts=[Part(function_response=FunctionResponse(id="c1", name="f", response={}))],
+    )
+    conversation.commit_user(result, window)
+    conversation.record_model("seven eight nine ten", [])
+    conversation.commit_user(user("a " * 30), window)
+    assert [c.role for c in conversation.history] == [Role.USER]
+    assert conversation.history[0].parts[0].text == "a " * 30  # the newest turn stays, long or not
+
+
+def test_without_compression_a_full_context_is_refused_clearly() -> None:
+    conversation = Conversation(count=words)
+    window = Window(limit=50)
+    conversation.commit_user(user("w " * 40), window)
+    with pytest.raises(FailedPrecondition, match="context is full"):
+        conversation.commit_user(user("w " * 20), window)
+
+
+def test_answer_owed_until_the_model_answers() -> None:
+    conversation = Conversation()
+    conversation.commit_user(user("hi"))
+    assert conversation.answer_owed
+    conversation.record_model("hello", [])
+    assert not conversation.answer_owed
+    conversation.commit_user(user("and?"))
+    conversation.replace_last_model("")
+    assert not conversation.answer_owed
+
+
+def test_saved_sessions_round_trip_exactly() -> None:
+    conversation = Conversation(count=words)
+    conversation.add_client_turns([user("context given ahead")])
+    conversation.commit_user(user("hi there"))
+    conversation.record_model("", [FunctionCall(id="c9", name="lookup", args={"q": "x"})])
+    conversation.expect_calls([FunctionCall(id="c9", name="lookup", args={"q": "x"})])
+    conversation.add_client_turns([user("later")])
+    the_setup = setup(
+        systemInstruction={"parts": [{"text": "Be brief."}]},
+        sessionResumption={"handle": "secret"},
+        contextWindowCompression={"triggerTokens": 100},
+    )
+    raw = SavedSession("k", the_setup, conversation.state()).to_bytes()
+    assert b"secret" not in raw  # a handle is never stored in the state it names
+    back = SavedSession.from_bytes(raw)
+    restored = Conversation.from_state(back.conversation, words)
+    assert restored.history == conversation.history
+    assert restored.pending == conversation.pending
+    assert restored.open_calls == {"c9": "lookup"}
+    assert restored.tokens == conversation.tokens
+    assert back.setup.system_instruction == the_setup.system_instruction
+    assert back.setup.context_window_compression == the_setup.context_window_compression
+
+
+@pytest.mark.parametrize("raw", [b"", b"{}", b'{"v": 2}', b'{"v": 1, "keyHash": "k"}', b"\xff"])
+def test_a_damaged_saved_session_is_a_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="malformed"):
+        SavedSession.from_bytes(raw)

@@ -9,6 +9,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from flashlive.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     FlashliveError,
     Internal,
@@ -47,7 +48,9 @@ def sse_error(exc: BaseException) -> bytes:
 
 # WebSocket close codes (RFC 6455 §7.4.1): a bad payload is 1007, a message the session's state or
 # policy forbids is 1008, an oversize frame 1009, an overloaded server 1013, anything else 1011.
+# A connection that reached its time limit closes normally (1000): the client resumes.
 _CLOSE_CODES: tuple[tuple[type[FlashliveError], int], ...] = (
+    (DeadlineExceeded, 1000),
     (PayloadTooLarge, 1009),
     (InvalidArgument, 1007),
     (FailedPrecondition, 1008),

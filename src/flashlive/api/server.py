@@ -14,6 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from flashlive.api.app import build_app
+from flashlive.api.keys import RedactCredentials
 from flashlive.api.usage import UsageSetup
 from flashlive.auth import ApiKeys
 from flashlive.cache.kv import PrefixStore
@@ -26,6 +27,7 @@ from flashlive.ledger import PriceTable, open_ledger
 from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
 from flashlive.quota import QuotaLimits, Quotas, load_overrides
+from flashlive.store import open_store
 from flashlive.tls import TlsFiles, ensure_local_tls, user_tls
 
 log = logging.getLogger("flashlive")
@@ -99,6 +101,10 @@ def usage_setup(settings: Settings) -> UsageSetup:
 
 
 async def serve(settings: Settings) -> None:
+    # uvicorn logs each request line and WebSocket handshake, query string included: a key or
+    # ephemeral token passed as ?key= / ?access_token= must not land in the log.
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactCredentials())
     keys = ApiKeys(settings.keys())
     if not keys.enabled and not is_loopback(settings.host) and not settings.insecure_open:
         raise SystemExit(
@@ -127,6 +133,10 @@ async def serve(settings: Settings) -> None:
     caches = CacheRegistry(settings.data_dir, min_tokens=settings.cache_min_tokens)
     usage = usage_setup(settings)
     perception = Perception(tts=settings.tts)
+    try:
+        store = open_store(settings.session_store, settings.data_dir)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     live = LiveServices(
         models=models,
         generation=service,
@@ -134,7 +144,11 @@ async def serve(settings: Settings) -> None:
         limits=LiveLimits(
             max_frame_bytes=settings.live_max_frame_bytes,
             send_timeout_s=settings.live_send_timeout_s,
+            max_connection_s=settings.live_max_connection_s,
+            goaway_notice_s=settings.live_goaway_notice_s,
+            resume_ttl_s=settings.live_resume_ttl_s,
         ),
+        store=store,
     )
     app = build_app(
         models=models,
@@ -146,6 +160,7 @@ async def serve(settings: Settings) -> None:
         live=live,
         usage=usage,
         caches=caches,
+        store=store,
     )
 
     def listener(port: int, files: TlsFiles | None = None) -> _Server:
@@ -203,3 +218,4 @@ async def serve(settings: Settings) -> None:
         perception.close()
         await models.aclose()
         await usage.ledger.close()
+        await store.close()

@@ -106,6 +106,7 @@ class Prepared:
     functions: dict[str, dict[str, Any]] = field(default_factory=dict)
     prefix_key: str | None = None  # the cachedContent whose state this prompt begins with
     prefix_len: int = 0
+    state_key: str | None = None  # a conversation that keeps its own state between turns
 
 
 @dataclass
@@ -310,10 +311,12 @@ class GenerationService:
     async def _prefix_state(
         self, prepared: Prepared, *, own_warming: bool = False
     ) -> tuple[PrefixState, int] | None:
-        """The saved state to start from, and how many prompt tokens it covers: the cached
-        context's, else the state of a recent prompt that began the same way."""
+        """The saved state to start from, and how many prompt tokens it covers: the
+        conversation's own, the cached context's, or that of a recent prompt that began the
+        same way — whichever covers most."""
         engine = prepared.model.engine
         store = self._prefixes
+        found: list[tuple[PrefixState, int]] = []
         if prepared.prefix_key is not None and prepared.prefix_len > 0:
             want = prepared.tokens[: prepared.prefix_len]
             warming = self._warming.get(prepared.prefix_key)
@@ -323,19 +326,39 @@ class GenerationService:
             if state is None or list(state.tokens) != want:
                 state = await engine.snapshot(want)
                 await asyncio.to_thread(store.put, prepared.prefix_key, state)
-            return state, prepared.prefix_len
-        return store.best_match(
-            prepared.model.spec.id, prepared.tokens, minimum=IMPLICIT_MIN_TOKENS
-        )
+            found.append((state, prepared.prefix_len))
+        if prepared.state_key is not None:
+            own = await asyncio.to_thread(store.get, prepared.state_key)
+            if own is not None and own.model == prepared.model.spec.id:
+                shared = min(common_prefix(own.tokens, prepared.tokens), len(prepared.tokens) - 1)
+                if shared > 0:
+                    found.append((own, shared))
+        if not found:
+            recent = store.best_match(
+                prepared.model.spec.id, prepared.tokens, minimum=IMPLICIT_MIN_TOKENS
+            )
+            if recent is not None:
+                found.append(recent)
+        return max(found, key=lambda pair: pair[1], default=None)
 
     async def _leave_state(self, prepared: Prepared) -> None:
-        """After a long prompt, keep its state: the next turn of that conversation begins so."""
-        if len(prepared.tokens) < IMPLICIT_MIN_TOKENS:
+        """After a turn of a conversation that keeps its state, or any long prompt, save the
+        state: the next turn begins the same way, even if other requests run in between."""
+        keep = prepared.state_key is not None
+        if not keep and len(prepared.tokens) < IMPLICIT_MIN_TOKENS:
             return
         state = await prepared.model.engine.snapshot()
-        if len(state.tokens) >= IMPLICIT_MIN_TOKENS:
+        if common_prefix(state.tokens, prepared.tokens) < len(prepared.tokens) - 1:
+            return  # another request ran first: what is held now is not this conversation
+        if prepared.state_key is not None:
+            await asyncio.to_thread(self._prefixes.put, prepared.state_key, state)
+        elif len(state.tokens) >= IMPLICIT_MIN_TOKENS:
             key = "implicit:" + hashlib.sha256(repr(state.tokens).encode()).hexdigest()[:24]
             await asyncio.to_thread(self._prefixes.put, key, state)
+
+    def forget_state(self, key: str) -> None:
+        """A conversation that ended: its saved state is no longer worth its memory."""
+        self._prefixes.drop(key)
 
     def _formatter(self, loaded: LoadedModel) -> tuple[Formatter, ControlTokenGuard]:
         cached = self._formatters.get(loaded.spec.id)
@@ -358,8 +381,12 @@ class GenerationService:
         model: str,
         request: GenerateContentRequest,
         resolve_cache: CacheResolver | None = None,
+        state_key: str | None = None,
     ) -> AsyncGenerator[GenerateContentResponse, None]:
+        """Generate, chunk by chunk. With `state_key`, the engine state after this turn is
+        kept under that key for the conversation's next turn (a Live session's)."""
         prepared = await self.prepare(model, request, resolve_cache)
+        prepared.state_key = state_key
         response_id = secrets.token_urlsafe(12)
         outcome = Outcome()
         async for delta in self._run(prepared, outcome):
@@ -375,6 +402,7 @@ class GenerationService:
         model: str,
         request: GenerateContentRequest,
         resolve_cache: CacheResolver | None = None,
+        state_key: str | None = None,
     ) -> bool:
         """Prefill what `request` renders to while the engine is idle: a later request that
         shares its prefix (the same conversation, the user's final words) starts sooner."""
@@ -382,6 +410,7 @@ class GenerationService:
             prepared = await self.prepare(model, request, resolve_cache)
         except FlashliveError:
             return False  # the real request will report it
+        prepared.state_key = state_key
         found = await self._prefix_state(prepared)
         if found is not None and found[1] > _held(prepared):
             return False  # restoring that state is the real request's job, and cheap

@@ -24,27 +24,41 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
+import math
 import secrets
 import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
 from pydantic import ValidationError
 
 from flashlive.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
+    FlashliveError,
     InvalidArgument,
     PayloadTooLarge,
+    PermissionDenied,
     invalid_from_validation,
 )
 from flashlive.generation.service import CacheResolver
 from flashlive.ledger.records import ANONYMOUS, UsageRecord, UsageSink, utc_now
-from flashlive.live.services import LiveServices
-from flashlive.live.session import Conversation, LiveConfig, SpokenLog
+from flashlive.live.services import Grant, LiveServices
+from flashlive.live.session import (
+    MESSAGE_OVERHEAD,
+    Conversation,
+    LiveConfig,
+    SavedSession,
+    SpokenLog,
+    Window,
+    content_text,
+)
 from flashlive.perception.audio import (
     INPUT_RATE,
     OUTPUT_RATE,
@@ -81,11 +95,14 @@ from flashlive.protocol.generate import (
 from flashlive.protocol.live import (
     ClientContent,
     ClientMessage,
+    GoAway,
     LiveUsageMetadata,
     RealtimeInput,
     ResponseModality,
     ServerContent,
     ServerMessage,
+    SessionResumptionUpdate,
+    Setup,
     SetupComplete,
     ToolCall,
     ToolCallCancellation,
@@ -98,6 +115,8 @@ AUDIO_CHUNK_S = 0.5  # spoken answers leave in pieces this long, so playback sta
 MAX_UTTERANCE_S = 30.0  # manual activity longer than this is cut (Whisper's window)
 WARM_EVERY_S = 0.6  # while the user speaks, prefill their words so far this often
 FIRST_PIECE_WORDS = 3  # speech starts after this many words, even mid-sentence
+ANSWER_RESERVE = 1024  # context kept free for an answer when maxOutputTokens is not set
+TAKEOVER_WAIT_S = 5.0  # how long a resumed session waits for its old connection to end
 
 
 class Transport(Protocol):
@@ -144,10 +163,17 @@ class Spoken:
 
 class LiveSession:
     def __init__(
-        self, transport: Transport, services: LiveServices, *, key_hash: str = ANONYMOUS
+        self,
+        transport: Transport,
+        services: LiveServices,
+        *,
+        key_hash: str = ANONYMOUS,
+        grant: Grant | None = None,
     ) -> None:
         self.id = secrets.token_hex(6)
-        self.key_hash = key_hash  # whom the ledger bills for this session's turns
+        self.grant = grant  # set when an ephemeral token opened the session
+        # Whom the ledger bills for this session's turns: a token's turns go to its creator.
+        self.key_hash = grant.key_hash if grant is not None else key_hash
         self.resolve_cache: CacheResolver | None = None
         self.transport = transport
         self.services = services
@@ -168,6 +194,19 @@ class LiveSession:
         self.warming: asyncio.Task[None] | None = None
         self.last_asr_compute_s = 0.0
         self.warmed_samples = 0
+        self.opened = time.monotonic()
+        self.setup: Setup | None = None  # as in force: the token's locks, or as resumed
+        self.window: Window | None = None
+        # Resumption: the handle the client resumes with, the store key it names, the version
+        # of the saved state this connection last wrote (a newer one means it was resumed
+        # elsewhere), and the event that ends this connection when that happens.
+        self.handle: str | None = None
+        self.store_key: str | None = None
+        self.state_version = 0
+        self.save_lock = asyncio.Lock()
+        self.taken_over = asyncio.Event()
+        self.save_failure: BaseException | None = None
+        self.ended = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -185,11 +224,26 @@ class LiveSession:
                 tg.create_task(self._receive_loop())
                 tg.create_task(self._listen_loop())
                 tg.create_task(self._turn_loop())
+                tg.create_task(self._deadline())
+                tg.create_task(self._watch_takeover())
+                if self.conversation.answer_owed:
+                    # Resumed after a drop between a user turn and its answer: answer it now.
+                    await self._user_turn(UserTurn(None))
         except* ClientGone:
             log.info("live session %s: client closed", self.id)
         except* Exception as group:
             failure = group.exceptions[0]
+        finally:
+            self._release()
         return failure
+
+    def _release(self) -> None:
+        self.ended.set()
+        key = self.store_key
+        if key is not None and self.services.holders.get(key) == self._end_for_takeover:
+            del self.services.holders[key]
+        if self.config is None or not self.config.resumable:
+            self.services.generation.forget_state(self._state_key)
 
     async def _setup(self) -> LiveConfig:
         raw = await self._receive_frame()
@@ -201,8 +255,18 @@ class LiveSession:
             ) from None
         if message.setup is None:
             raise FailedPrecondition(f"the first message must be setup, not {message.kind}")
-        config = LiveConfig.from_setup(message.setup)
-        await self.services.models.get(config.model)  # NotFound → 1008 with its message
+        setup = message.setup
+        if self.grant is not None:
+            setup = self.grant.constrain(setup)
+        resume = setup.session_resumption.handle if setup.session_resumption else None
+        saved = await self._resume(resume, setup) if resume else None
+        if saved is not None:
+            setup = saved.setup.model_copy(update={"session_resumption": setup.session_resumption})
+        if self.grant is not None:
+            await self.grant.admit(resuming=saved is not None)
+        self.setup = setup
+        config = LiveConfig.from_setup(setup)
+        loaded = await self.services.models.get(config.model)  # NotFound → 1008 with its message
         if config.base.cached_content:
             if self.services.caches is None:
                 raise FailedPrecondition("cachedContent is not available on this server")
@@ -213,15 +277,174 @@ class LiveSession:
         await perception.asr.get()
         if config.modality is ResponseModality.AUDIO:
             await perception.tts.get()
+        engine = loaded.engine
+        generation = config.base.generation_config
+        context = engine.info.context_size
+        reserve = min(
+            (generation.max_output_tokens if generation else None) or ANSWER_RESERVE, context // 4
+        )
+        self.window = Window.from_setup(
+            setup.context_window_compression, context_size=context, reserve=reserve
+        )
+
+        def count(content: Content) -> int:
+            return engine.count_tokens(content_text(content)) + MESSAGE_OVERHEAD
+
+        probe = _user_text("x")
+        prepared = await self.services.generation.prepare(
+            config.model,
+            config.base.model_copy(update={"contents": [probe]}),
+            resolve_cache=self.resolve_cache,
+        )
+        if saved is not None:
+            try:
+                self.conversation = Conversation.from_state(saved.conversation, count)
+            except ValueError as exc:
+                log.warning("live session %s: %s", self.id, exc)
+                raise FailedPrecondition("the session to resume could not be read") from None
+        else:
+            self.conversation.count = count
+        self.conversation.base_tokens = max(len(prepared.tokens) - count(probe), 0)
+        if config.resumable:
+            self.handle = resume or secrets.token_urlsafe(32)
+            self.store_key = _store_key(self.handle)
+            self.services.holders[self.store_key] = self._end_for_takeover
+            await self._save()
         log.info(
-            "live session %s: model %s, %s out, %s activity detection",
+            "live session %s: model %s, %s out, %s activity detection, %s%s",
             self.id,
             config.model,
             config.modality,
             "automatic" if config.automatic_activity else "manual",
+            f"window {self.window.trigger}→{self.window.target}"
+            if self.window.trigger is not None
+            else f"context limit {self.window.limit}",
+            f", resumed with {len(self.conversation.history)} entries" if saved else "",
         )
         await self.emit(ServerMessage(setup_complete=SetupComplete(session_id=self.id)))
+        if config.resumable:
+            await self._announce_handle()
         return config
+
+    # --- resumption -----------------------------------------------------------------------
+
+    async def _resume(self, handle: str, setup: Setup) -> SavedSession:
+        """The saved session a handle names, once any connection still serving it has ended."""
+        key = _store_key(handle)
+        end_holder = self.services.holders.get(key)
+        if end_holder is not None:
+            await end_holder()
+        gone = FailedPrecondition("sessionResumption.handle is unknown or has expired")
+        found = await self.services.store.get(key)
+        if found is None:
+            raise gone
+        try:
+            saved = SavedSession.from_bytes(found.value)
+        except ValueError as exc:
+            log.warning("live session %s: %s", self.id, exc)
+            raise gone from None
+        if not secrets.compare_digest(saved.key_hash, self.key_hash):
+            raise gone  # another key's session: not even its existence is told
+        if saved.setup.model.removeprefix("models/") != setup.model.removeprefix("models/"):
+            raise FailedPrecondition(
+                f"the session to resume runs {saved.setup.model}, not {setup.model}"
+            )
+        self.state_version = found.version
+        return saved
+
+    async def _save(self) -> None:
+        """Write the session's state where a resuming connection will find it.
+
+        The write finishes even when the caller is cancelled (a barge-in, say), so the version
+        this connection expects next is always the one it last wrote.
+        """
+        if self.store_key is None or self.setup is None:
+            return
+        await asyncio.shield(asyncio.ensure_future(self._write()))
+        if self.save_failure is not None:
+            raise self.save_failure
+
+    async def _write(self) -> None:
+        assert self.store_key is not None and self.setup is not None
+        async with self.save_lock:
+            if self.save_failure is not None:
+                return
+            saved = SavedSession(self.key_hash, self.setup, self.conversation.state())
+            try:
+                version = await self.services.store.put(
+                    self.store_key,
+                    saved.to_bytes(),
+                    ttl_s=self.services.limits.resume_ttl_s,
+                    expect=self.state_version,
+                )
+            except Exception as exc:  # the store is down: the session cannot stay resumable
+                self.save_failure = exc
+                self.taken_over.set()
+                return
+            if version is None:
+                self.save_failure = FailedPrecondition(
+                    "this session was resumed on another connection"
+                )
+                self.taken_over.set()
+                return
+            self.state_version = version
+
+    def _save_soon(self) -> None:
+        if self.store_key is not None and self.tg is not None:
+            self.spawn(self._save())
+
+    async def _announce_handle(self) -> None:
+        update = SessionResumptionUpdate(new_handle=self.handle, resumable=True)
+        await self.emit(ServerMessage(session_resumption_update=update))
+
+    async def _end_for_takeover(self) -> None:
+        self.taken_over.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ended.wait(), TAKEOVER_WAIT_S)
+
+    async def _watch_takeover(self) -> None:
+        await self.taken_over.wait()
+        raise self.save_failure or FailedPrecondition(
+            "this session was resumed on another connection"
+        )
+
+    @property
+    def _state_key(self) -> str:
+        """Where the engine keeps this conversation's computed state between turns."""
+        return "live:" + (self.store_key or self.id)
+
+    # --- time limits ----------------------------------------------------------------------
+
+    async def _deadline(self) -> None:
+        """Close the connection at its time limit (or its token's expiry), with a goAway first
+        so the client can resume on a new connection without losing a turn."""
+        limits = self.services.limits
+        ends = math.inf
+        why: FlashliveError = DeadlineExceeded(
+            f"the connection reached its {limits.max_connection_s:g} s limit; resume with the "
+            "last sessionResumptionUpdate handle"
+        )
+        if limits.max_connection_s > 0:
+            ends = self.opened + limits.max_connection_s
+        if self.grant is not None:
+            left = (self.grant.expire_time - datetime.now(UTC)).total_seconds()
+            if time.monotonic() + left < ends:
+                ends = time.monotonic() + left
+                why = PermissionDenied("the ephemeral token of this session has expired")
+        if ends == math.inf:
+            return
+        await asyncio.sleep(max(ends - limits.goaway_notice_s - time.monotonic(), 0))
+        left = max(ends - time.monotonic(), 0.0)
+        await self.emit(ServerMessage(go_away=GoAway(time_left=_duration(left))))
+        await asyncio.sleep(left)
+        turn = self.active
+        if turn is not None and isinstance(why, DeadlineExceeded):
+            # An answer being sent finishes first; one not yet started is saved, owed.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(turn.finished.wait(), limits.goaway_notice_s)
+        if self.store_key is not None:
+            await self._save()
+        raise why
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         assert self.tg is not None
@@ -274,6 +497,8 @@ class LiveSession:
 
     async def _client_content(self, content: ClientContent) -> None:
         self.conversation.add_client_turns(content.turns or [])
+        if not content.turn_complete and content.turns:
+            self._save_soon()  # context given ahead of its turn is part of the session
         if content.turn_complete:
             if not self.conversation.pending:
                 raise InvalidArgument("clientContent.turnComplete with no turns to answer")
@@ -397,7 +622,10 @@ class LiveSession:
             request = self.conversation.request(self.conf.base, _user_text(text))
             began = time.monotonic()
             done = await self.services.generation.warm(
-                self.conf.model, request, resolve_cache=self.resolve_cache
+                self.conf.model,
+                request,
+                resolve_cache=self.resolve_cache,
+                state_key=self._state_key,
             )
             log.debug(
                 "live session %s: warmed %r: %s in %.3f s",
@@ -484,8 +712,19 @@ class LiveSession:
                     self, pending.user, pending.transcript, answers_tools=pending.answers_tools
                 )
                 turn.asr_s = pending.asr_s
-            self.conversation.commit_user(turn.user)
+            dropped = self.conversation.commit_user(turn.user, self.window)
+            if dropped:
+                log.info(
+                    "live session %s: the sliding window dropped %d turns; %d tokens remain",
+                    self.id,
+                    dropped,
+                    self.conversation.tokens,
+                )
+                if turn.draft:  # drafted on the longer context: answer on the one kept
+                    turn.cancel()
+                    turn = ModelTurn.start(self, turn.user, turn.transcript)
             self.active = turn
+            await self._save()  # the user's turn is safe before any of its answer is sent
             turn.commit()
             await turn.finished.wait()
             if not turn.interrupted:
@@ -510,9 +749,11 @@ class LiveSession:
                 self.conversation.record_model(heard, [])
             log.info("live session %s: interrupted; kept %d chars heard", self.id, len(heard))
             self._emit_soon(ServerMessage(server_content=ServerContent(interrupted=True)))
+            self._save_soon()
         ids = self.conversation.cancel_calls()
         if ids:
             self._emit_soon(ServerMessage(tool_call_cancellation=ToolCallCancellation(ids=ids)))
+            self._save_soon()
 
     def _emit_soon(self, message: ServerMessage) -> None:
         """Queue a message now, ahead of anything a later turn sends."""
@@ -676,7 +917,10 @@ class ModelTurn:
         voice = Voice(self) if speaking else None
         try:
             stream = session.services.generation.stream(
-                config.model, request, resolve_cache=session.resolve_cache
+                config.model,
+                request,
+                resolve_cache=session.resolve_cache,
+                state_key=session._state_key,
             )
             async for chunk in stream:
                 self.chunks += 1
@@ -729,11 +973,15 @@ class ModelTurn:
                     elif part.inline_data is not None and self.first_audio_at is None:
                         self.first_audio_at = time.monotonic()
             await self.session.emit(item)
-        self.session.conversation.record_model(self.text, self.calls)
+        session = self.session
+        session.conversation.record_model(self.text, self.calls)
         self.sent_all = True
-        self.finished.set()
         self.log_timing()
         self.record_usage()
+        if session.store_key is not None:
+            await session._save()
+            await session._announce_handle()
+        self.finished.set()
 
 
 class Voice:
@@ -785,6 +1033,16 @@ async def _write_usage(ledger: UsageSink, record: UsageRecord) -> None:
         await ledger.record(record)
     except Exception:
         log.exception("live turn usage could not be recorded")
+
+
+def _store_key(handle: str) -> str:
+    """Handles are bearer secrets: the store keeps only their digest."""
+    return "session:" + hashlib.sha256(handle.encode()).hexdigest()
+
+
+def _duration(seconds: float) -> str:
+    """A protobuf Duration in its JSON form, e.g. "9.5s"."""
+    return f"{round(seconds, 3):g}s"
 
 
 def _user_text(text: str) -> Content:

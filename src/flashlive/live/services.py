@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
 
 from flashlive.generation.service import CacheResolver, GenerationService
 from flashlive.ledger.records import UsageSink
@@ -14,6 +15,8 @@ from flashlive.models import ModelManager
 from flashlive.perception.asr import Transcriber
 from flashlive.perception.tts import EspeakSynthesizer, Synthesizer, load_synthesizer
 from flashlive.perception.vad import SileroVad
+from flashlive.protocol.live import Setup
+from flashlive.store import MemoryStore, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +48,9 @@ class LiveLimits:
     outbox_size: int = 64  # server messages waiting for the socket
     audio_queue_size: int = 64  # client audio chunks waiting for the VAD
     turn_queue_size: int = 8  # user turns waiting for the model
+    max_connection_s: float = 0.0  # a connection is closed after this long (0: never)
+    goaway_notice_s: float = 10.0  # goAway is sent this long before that close
+    resume_ttl_s: float = 2 * 3600.0  # a resumption handle lives this long after last use
 
 
 class Perception:
@@ -69,6 +75,24 @@ def _synthesizer(kind: str) -> Synthesizer:
     return load_synthesizer()
 
 
+class Grant(Protocol):
+    """What an ephemeral token lets one Live session do (`auth.py` issues them)."""
+
+    @property
+    def key_hash(self) -> str:
+        """The key that created the token: it is billed, its quota spent, its handles used."""
+
+    @property
+    def expire_time(self) -> datetime:
+        """After this (UTC) the session may send nothing more: it is closed."""
+
+    def constrain(self, setup: Setup) -> Setup:
+        """The setup with the token's locked fields imposed."""
+
+    async def admit(self, *, resuming: bool) -> None:
+        """Spend one use for a new session (a resumed one is free); raise when refused."""
+
+
 @dataclass
 class LiveServices:
     models: ModelManager
@@ -79,3 +103,8 @@ class LiveServices:
     caches: Callable[[str], CacheResolver] | None = None  # a key hash's cachedContents, when set
     # Raises ResourceExhausted when a key hash is over its quota, when quotas are set.
     quota: Callable[[str], None] | None = None
+    # Resumption state and ephemeral tokens: in memory unless a persistent store is configured.
+    store: Store = field(default_factory=MemoryStore)
+    # Resumable sessions open in this process, by store key: ends that one (and waits for it)
+    # when a client resumes it on a new connection.
+    holders: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)

@@ -6,13 +6,23 @@ these classes what to do; the unit tests drive them directly.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
 
 from flashlive.errors import FailedPrecondition, InvalidArgument
 from flashlive.perception.vad import VadSettings
 from flashlive.protocol.content import Content, FunctionCall, FunctionResponse, Part, Role
 from flashlive.protocol.generate import GenerateContentRequest, GenerationConfig
-from flashlive.protocol.live import ActivityHandling, ResponseModality, Setup
+from flashlive.protocol.live import (
+    ActivityHandling,
+    ContextWindowCompression,
+    ResponseModality,
+    Setup,
+)
 
 SPOKEN_STYLE = (
     "You are talking with the user by voice: your words are spoken aloud. Answer in short, plain "
@@ -33,12 +43,10 @@ class LiveConfig:
     vad: VadSettings
     base: GenerateContentRequest  # everything of a request but its contents
 
+    resumable: bool = False  # sessionResumption was asked for: the state outlives the socket
+
     @classmethod
     def from_setup(cls, setup: Setup) -> LiveConfig:
-        if setup.session_resumption is not None:
-            raise FailedPrecondition("sessionResumption is not supported by this server yet")
-        if setup.context_window_compression is not None:
-            raise FailedPrecondition("contextWindowCompression is not supported by this server yet")
         if setup.proactivity and any(setup.proactivity.values()):
             raise FailedPrecondition("proactivity is not supported by this server")
         if setup.generation_config and setup.generation_config.enable_affective_dialog:
@@ -70,6 +78,7 @@ class LiveConfig:
             automatic_activity=not (detection is not None and detection.disabled),
             interrupts=handling is not ActivityHandling.NO_INTERRUPTION,
             vad=vad,
+            resumable=setup.session_resumption is not None,
             base=GenerateContentRequest(
                 cached_content=setup.cached_content,
                 system_instruction=(
@@ -109,14 +118,92 @@ def _text_generation_config(live: GenerationConfig | None) -> GenerationConfig |
     return GenerationConfig(**keep)
 
 
+MESSAGE_OVERHEAD = 6  # tokens a chat template adds around each message (role markers, ends)
+TRIGGER_SHARE = 0.8  # without triggerTokens, compress at this share of the context limit
+
+
+@dataclass(frozen=True)
+class Window:
+    """How much context a session may hold, and what happens when it is full.
+
+    `limit` is the model's context less room for an answer. With compression on, a turn that
+    would take the context past `trigger` tokens first drops the oldest turns, down to `target`;
+    without it, a turn that would pass `limit` ends the session with a clear reason.
+    """
+
+    limit: int
+    trigger: int | None = None  # None: no compression
+    target: int = 0
+
+    @classmethod
+    def from_setup(
+        cls, compression: ContextWindowCompression | None, *, context_size: int, reserve: int
+    ) -> Window:
+        limit = max(context_size - reserve, 1)
+        if compression is None:
+            return cls(limit)
+        trigger = compression.trigger_tokens or int(limit * TRIGGER_SHARE)
+        if trigger > limit:
+            raise FailedPrecondition(
+                f"contextWindowCompression.triggerTokens {trigger} exceeds the {limit} tokens "
+                "this model's context holds beside an answer"
+            )
+        window = compression.sliding_window
+        target = window.target_tokens if window and window.target_tokens else trigger // 2
+        if target >= trigger:
+            raise FailedPrecondition(
+                f"slidingWindow.targetTokens {target} must be below triggerTokens {trigger}"
+            )
+        return cls(limit, trigger, target)
+
+
+def content_text(content: Content) -> str:
+    """The words of a history entry, to count what it costs in context."""
+    pieces: list[str] = []
+    for part in content.parts:
+        if part.text:
+            pieces.append(part.text)
+        elif part.function_call is not None:
+            pieces.append(part.function_call.model_dump_json(exclude_none=True))
+        elif part.function_response is not None:
+            pieces.append(part.function_response.model_dump_json(exclude_none=True))
+    return "\n".join(pieces)
+
+
+def _no_count(content: Content) -> int:
+    return 0
+
+
 @dataclass
 class Conversation:
-    """The turns the model has seen, and the client turns still waiting for turnComplete."""
+    """The turns the model has seen, and the client turns still waiting for turnComplete.
+
+    Each history entry's cost in tokens is counted once, when it arrives, so the window can be
+    kept without tokenizing the whole context again every turn.
+    """
 
     history: list[Content] = field(default_factory=list)
     pending: list[Content] = field(default_factory=list)
     open_calls: dict[str, str] = field(default_factory=dict)  # function call id → name
     version: int = 0  # bumps on every change of history, so a draft can tell it is stale
+    answer_owed: bool = False  # the last user turn is committed and its answer not yet given
+    count: Callable[[Content], int] = _no_count  # tokens of one entry, template included
+    base_tokens: int = 0  # system instruction, tools, cached content: never dropped
+    costs: list[int] = field(default_factory=list)  # parallel to history
+    dropped_turns: int = 0  # turns the sliding window has removed so far
+
+    def __post_init__(self) -> None:
+        if len(self.costs) != len(self.history):
+            self.costs = [self.count(c) for c in self.history]
+
+    @property
+    def tokens(self) -> int:
+        """The context the model sees for the history: what the window is kept under."""
+        return self.base_tokens + sum(self.costs)
+
+    def _append(self, content: Content) -> None:
+        self.history.append(content)
+        self.costs.append(self.count(content))
 
     def add_client_turns(self, turns: list[Content]) -> None:
         for i, turn in enumerate(turns):
@@ -133,17 +220,52 @@ class Conversation:
     def has_input(self, user: Content | None) -> bool:
         return user is not None or bool(self.pending)
 
-    def commit_user(self, user: Content | None) -> None:
-        self.history.extend(self.pending)
+    def commit_user(self, user: Content | None, window: Window | None = None) -> int:
+        """Make the waiting input history, keeping the context inside `window`; returns how
+        many of the oldest turns were dropped for it."""
+        for content in self.pending:
+            self._append(content)
         self.pending.clear()
         if user is not None:
-            self.history.append(user)
+            self._append(user)
         self.version += 1
+        self.answer_owed = True
+        if window is None:
+            return 0
+        if window.trigger is not None and self.tokens > window.trigger:
+            return self._slide(window.target)
+        if self.tokens > window.limit:
+            raise FailedPrecondition(
+                f"the session's context is full ({self.tokens} of {window.limit} tokens); "
+                "set contextWindowCompression to keep going"
+            )
+        return 0
+
+    def _slide(self, target: int) -> int:
+        """Drop whole turns, oldest first, until the context fits `target`. The newest turn
+        always stays, however long: it is what is being answered."""
+        starts = [i for i, c in enumerate(self.history) if _starts_turn(c)]
+        cut = 0
+        tokens = self.tokens
+        for start in starts[1:]:
+            if tokens <= target:
+                break
+            tokens -= sum(self.costs[cut:start])
+            cut = start
+        if cut == 0:
+            return 0
+        dropped = sum(1 for i in starts if i < cut)
+        del self.history[:cut]
+        del self.costs[:cut]
+        self.dropped_turns += dropped
+        self.version += 1
+        return dropped
 
     def record_model(self, text: str, calls: list[FunctionCall]) -> None:
+        self.answer_owed = False
         parts = ([Part(text=text)] if text else []) + [Part(function_call=c) for c in calls]
         if parts:
-            self.history.append(Content(role=Role.MODEL, parts=parts))
+            self._append(Content(role=Role.MODEL, parts=parts))
             self.version += 1
 
     def expect_calls(self, calls: list[FunctionCall]) -> None:
@@ -155,8 +277,10 @@ class Conversation:
         """After a barge-in: the model's last answer is what the user heard of it."""
         if self.history and self.history[-1].role is Role.MODEL:
             self.history.pop()
+            self.costs.pop()
         if heard:
-            self.history.append(Content(role=Role.MODEL, parts=[Part(text=heard)]))
+            self._append(Content(role=Role.MODEL, parts=[Part(text=heard)]))
+        self.answer_owed = False
         self.version += 1
 
     def answer_calls(self, responses: list[FunctionResponse]) -> Content:
@@ -176,6 +300,75 @@ class Conversation:
         ids = list(self.open_calls)
         self.open_calls.clear()
         return ids
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed session needs to carry on exactly here (JSON-ready)."""
+        return {
+            "history": [_dump(c) for c in self.history],
+            "pending": [_dump(c) for c in self.pending],
+            "openCalls": dict(self.open_calls),
+            "answerOwed": self.answer_owed,
+            "droppedTurns": self.dropped_turns,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], count: Callable[[Content], int] = _no_count
+    ) -> Conversation:
+        try:
+            conversation = cls(
+                history=[Content.model_validate(c) for c in state["history"]],
+                pending=[Content.model_validate(c) for c in state["pending"]],
+                open_calls={str(k): str(v) for k, v in state["openCalls"].items()},
+                answer_owed=bool(state["answerOwed"]),
+                dropped_turns=int(state.get("droppedTurns", 0)),
+                count=count,
+            )
+        except (KeyError, TypeError, AttributeError, ValidationError) as exc:
+            raise ValueError(f"a saved session state is malformed: {exc}") from None
+        return conversation
+
+
+def _dump(content: Content) -> dict[str, Any]:
+    return content.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _starts_turn(content: Content) -> bool:
+    """A user message that is not a tool result: where a turn, and a window cut, may begin."""
+    return content.role is not Role.MODEL and not any(
+        p.function_response is not None for p in content.parts
+    )
+
+
+@dataclass(frozen=True)
+class SavedSession:
+    """A resumable session as the store keeps it: whose it is, its setup, its conversation."""
+
+    key_hash: str
+    setup: Setup
+    conversation: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        setup = self.setup.model_dump(mode="json", by_alias=True, exclude_none=True)
+        setup.pop("sessionResumption", None)
+        return json.dumps(
+            {"v": 1, "keyHash": self.key_hash, "setup": setup, "conversation": self.conversation},
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SavedSession:
+        try:
+            data = json.loads(raw)
+            if data.get("v") != 1:
+                raise ValueError(f"unknown version {data.get('v')!r}")
+            return cls(
+                key_hash=str(data["keyHash"]),
+                setup=Setup.model_validate(data["setup"]),
+                conversation=dict(data["conversation"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+            raise ValueError(f"a saved session state is malformed: {exc}") from None
 
 
 @dataclass

@@ -14,24 +14,30 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flashlive.api.caches import CachesApi
 from flashlive.api.errors import error_response
-from flashlive.api.keys import presented_key
-from flashlive.api.live import LiveApi
+from flashlive.api.keys import presented_key, presented_token
+from flashlive.api.live import TOKEN_ON_PLAIN_PATH, LiveApi, close_refused, is_constrained
 from flashlive.api.metrics import Metrics, MetricsMiddleware
 from flashlive.api.rest import RestApi
+from flashlive.api.tokens import TokensApi
 from flashlive.api.usage import UsageApi, UsageRecorder, UsageSetup, cache_storage_record
-from flashlive.auth import ApiKeys
+from flashlive.auth import ApiKeys, TokenRegistry
 from flashlive.cache.registry import CacheRegistry
-from flashlive.errors import FlashliveError, InvalidArgument, NotFound
+from flashlive.errors import FlashliveError, InvalidArgument, NotFound, PermissionDenied
 from flashlive.generation.service import GenerationService
 from flashlive.ledger.records import hash_key, utc_now
 from flashlive.live.services import LiveServices
 from flashlive.models import ModelManager
+from flashlive.store import Store
 
 OPEN_PATHS = frozenset({"/healthz"})
 
 
 class AuthMiddleware:
-    """Every route but /healthz needs a key when keys are configured."""
+    """Every route but /healthz needs a key when keys are configured.
+
+    An ephemeral token is never a key: it opens BidiGenerateContentConstrained sessions only
+    (that endpoint checks it), whether or not the server has keys.
+    """
 
     def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
         self._app = app
@@ -40,7 +46,7 @@ class AuthMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and scope["path"] not in OPEN_PATHS:
             try:
-                self._keys.check(presented_key(scope))
+                _check_credential(scope, self._keys)
             except FlashliveError as exc:
                 if scope["type"] == "http":
                     await error_response(exc)(scope, receive, send)
@@ -49,9 +55,21 @@ class AuthMiddleware:
                     # refused with HTTP 403 tells a Live client nothing it can show.
                     await receive()  # websocket.connect
                     await send({"type": "websocket.accept"})
-                    await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
+                    await close_refused(receive, send, exc)
                 return
         await self._app(scope, receive, send)
+
+
+def _check_credential(scope: Scope, keys: ApiKeys) -> None:
+    if presented_token(scope) is None:
+        keys.check(presented_key(scope))
+    elif scope["type"] == "http":
+        raise PermissionDenied(
+            "ephemeral tokens grant access to the Live API only "
+            "(BidiGenerateContentConstrained); call REST methods with an API key"
+        )
+    elif not is_constrained(scope["path"]):
+        raise PermissionDenied(TOKEN_ON_PLAIN_PATH)
 
 
 class SlashMiddleware:
@@ -80,8 +98,14 @@ def build_app(
     live: LiveServices,
     usage: UsageSetup | None = None,
     caches: CacheRegistry | None = None,
+    store: Store | None = None,
 ) -> ASGIApp:
     metrics = Metrics(models)
+    # Resumption state and ephemeral tokens share one store; without one, the Live services'
+    # own (in memory unless the caller set another) serves.
+    if store is not None:
+        live.store = store
+    tokens = TokenRegistry(live.store)
     caches_api = (
         CachesApi(
             caches,
@@ -138,7 +162,8 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *rest.routes(),
-            *LiveApi(live).routes(),
+            *LiveApi(live, tokens).routes(),
+            *TokensApi(tokens, models, max_request_bytes=max_request_bytes).routes(),
             *(UsageApi(usage).routes() if usage is not None else []),
             *(caches_api.routes() if caches_api is not None else []),
         ],

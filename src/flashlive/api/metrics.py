@@ -33,6 +33,8 @@ def route_label(method: str, path: str) -> str:
         return {"PATCH": "cachedContents.update", "DELETE": "cachedContents.delete"}.get(
             method, "cachedContents.get"
         )
+    if re.match(r"^/v1(?:alpha|beta)?/auth_tokens$", path):
+        return "authTokens.create"
     if path.startswith("/ws/"):
         return "live"
     if path in ("/healthz", "/metrics"):

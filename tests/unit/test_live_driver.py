@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,6 +30,7 @@ from flashlive.protocol.generate import (
     GenerateContentResponse,
     UsageMetadata,
 )
+from flashlive.protocol.live import LiveGenerationConfig, Setup
 
 
 class FakeTransport:
@@ -580,3 +582,41 @@ async def test_the_engine_state_is_kept_per_session_and_forgotten_at_the_end() -
     await task
     assert len(generation.state_keys) == 1
     assert generation.forgotten == list(generation.state_keys)  # not resumable: freed
+
+
+class FakeGrant:
+    """An ephemeral token's grant: locks the temperature, expires soon, counts admissions."""
+
+    def __init__(self, expires_in_s: float) -> None:
+        self.key_hash = "creator"
+        self.expire_time = datetime.now(UTC) + timedelta(seconds=expires_in_s)
+        self.admitted: list[bool] = []
+
+    def constrain(self, setup: Setup) -> Setup:
+        config = (setup.generation_config or LiveGenerationConfig()).model_copy(
+            update={"temperature": 0.25}
+        )
+        return setup.model_copy(update={"generation_config": config})
+
+    async def admit(self, *, resuming: bool) -> None:
+        self.admitted.append(resuming)
+
+
+async def test_a_token_session_obeys_its_grant_and_ends_when_the_token_expires() -> None:
+    generation = FakeGeneration(["ok"])
+    transport = FakeTransport()
+    grant = FakeGrant(expires_in_s=0.8)
+    live = services(generation, goaway_notice_s=0.5)
+    session = LiveSession(transport, live, key_hash="ignored", grant=grant)
+    task = asyncio.create_task(serve_session(session))
+    transport.client({"setup": {"model": "models/m", "generationConfig": {"temperature": 1.5}}})
+    transport.client({"realtimeInput": {"text": "hi"}})
+    await transport.wait_for(has("turnComplete"))
+    config = generation.requests[0].generation_config
+    assert config is not None and config.temperature == 0.25  # the token's value, not the client's
+    assert grant.admitted == [False] and session.key_hash == "creator"
+    async with asyncio.timeout(5):
+        await task
+    assert any("goAway" in m for m in transport.sent)
+    assert transport.closed is not None and transport.closed[0] == 1008
+    assert "expired" in transport.closed[1]

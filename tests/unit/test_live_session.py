@@ -175,13 +175,21 @@ def test_window_defaults_follow_the_context() -> None:
     assert (given.trigger, given.target) == (500, 100)
 
 
-@pytest.mark.parametrize(
-    ("trigger", "target", "complaint"),
-    [(900, None, "exceeds"), (400, 400, "below"), (400, 500, "below")],
-)
-def test_impossible_windows_are_refused(trigger: int, target: int | None, complaint: str) -> None:
-    with pytest.raises(FailedPrecondition, match=complaint):
+@pytest.mark.parametrize(("trigger", "target"), [(400, 400), (400, 500)])
+def test_a_target_not_below_the_trigger_is_refused(trigger: int, target: int) -> None:
+    with pytest.raises(FailedPrecondition, match="below"):
         Window.from_setup(compression(trigger, target), context_size=1000, reserve=200)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "target", "expected"),
+    [(25600, 12800, (800, 400)), (25600, None, (800, 400)), (25600, 300, (800, 300))],
+)
+def test_a_window_sized_for_a_larger_context_is_scaled_to_this_one(
+    trigger: int, target: int | None, expected: tuple[int, int]
+) -> None:
+    window = Window.from_setup(compression(trigger, target), context_size=1000, reserve=200)
+    assert (window.trigger, window.target) == expected
 
 
 def run_turns(conversation: Conversation, window: Window, turns: int) -> list[int]:

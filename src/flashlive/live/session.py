@@ -142,18 +142,19 @@ class Window:
         limit = max(context_size - reserve, 1)
         if compression is None:
             return cls(limit)
+        # Settings sized for a far larger context (Gemini's examples use a 25,600-token trigger)
+        # are scaled down to this model's rather than refused: a client written for Gemini works.
         trigger = compression.trigger_tokens or int(limit * TRIGGER_SHARE)
-        if trigger > limit:
-            raise FailedPrecondition(
-                f"contextWindowCompression.triggerTokens {trigger} exceeds the {limit} tokens "
-                "this model's context holds beside an answer"
-            )
+        shrunk = trigger > limit
+        trigger = min(trigger, limit)
         window = compression.sliding_window
         target = window.target_tokens if window and window.target_tokens else trigger // 2
         if target >= trigger:
-            raise FailedPrecondition(
-                f"slidingWindow.targetTokens {target} must be below triggerTokens {trigger}"
-            )
+            if not shrunk:
+                raise FailedPrecondition(
+                    f"slidingWindow.targetTokens {target} must be below triggerTokens {trigger}"
+                )
+            target = trigger // 2
         return cls(limit, trigger, target)
 
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALL_INPUTS := pyproject.toml scripts/install.sh scripts/system-deps.sh scripts/constraints.txt
 
-.PHONY: serve test install install-dev lint bench bench-live
+.PHONY: serve test install install-dev lint bench bench-live bench-soak bench-turns
 
 $(VENV)/.installed: $(INSTALL_INPUTS)
 	scripts/install.sh runtime
@@ -34,3 +34,9 @@ bench: install-dev
 
 bench-live: install-dev
 	$(BIN)/python -m benchmarks.live
+
+bench-soak: install-dev
+	$(BIN)/python -m benchmarks.soak
+
+bench-turns: install-dev
+	$(BIN)/python -m benchmarks.turns

@@ -124,19 +124,7 @@ class Utterance:
         lead = bytes(2 * int(LEAD_S * RATE))
         pcm = lead + self.pcm + bytes(2 * int(tail_s * RATE))
         step = 2 * CHUNK
-        frames = [
-            json.dumps(
-                {
-                    "realtimeInput": {
-                        "audio": {
-                            "mimeType": MIME,
-                            "data": base64.b64encode(pcm[i : i + step]).decode("ascii"),
-                        }
-                    }
-                }
-            )
-            for i in range(0, len(pcm), step)
-        ]
+        frames = [audio_message(pcm[i : i + step]) for i in range(0, len(pcm), step)]
         offset = len(lead) // 2
         return Stream(frames, offset + self.first_voiced, offset + self.last_voiced)
 
@@ -150,6 +138,12 @@ class Stream:
     @property
     def seconds(self) -> float:
         return len(self.frames) * CHUNK / RATE
+
+
+def audio_message(pcm: bytes) -> str:
+    """The `realtimeInput.audio` message carrying `pcm` (PCM16 LE mono at 16 kHz)."""
+    data = base64.b64encode(pcm).decode("ascii")
+    return json.dumps({"realtimeInput": {"audio": {"mimeType": MIME, "data": data}}})
 
 
 def voiced_bounds(pcm: bytes) -> tuple[int, int]:
@@ -192,12 +186,20 @@ def synthesise(text: str, cache: Path) -> Utterance:
     return Utterance(text, pcm, first, last)
 
 
+def speech_cache() -> Path:
+    """Where synthesised test speech is kept between runs (shared by the Live benchmarks)."""
+    cache = Path(tempfile.gettempdir()) / "flashlive-bench-live-speech"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
 # --- server ---------------------------------------------------------------------------------
 
 
 @contextmanager
-def server_process(model: str, tmp: Path) -> Iterator[BenchServer]:
-    with flashlive_server(model, tmp, "--models-dir", str(Settings().models_dir)) as server:
+def server_process(model: str, tmp: Path, *flags: str) -> Iterator[BenchServer]:
+    models = ("--models-dir", str(Settings().models_dir))
+    with flashlive_server(model, tmp, *models, *flags) as server:
         yield server
 
 
@@ -215,8 +217,15 @@ class Live:
 
     @classmethod
     async def open(
-        cls, url: str, model: str, modality: str, max_tokens: int, timeout: float
+        cls,
+        url: str,
+        model: str,
+        modality: str,
+        max_tokens: int,
+        timeout: float,
+        extra: dict[str, Any] | None = None,
     ) -> Live:
+        """Connect and set up; `extra` adds fields to the setup message."""
         setup = {
             "setup": {
                 "model": f"models/{model}",
@@ -226,6 +235,7 @@ class Live:
                 },
                 "inputAudioTranscription": {},
                 "outputAudioTranscription": {},
+                **(extra or {}),
             }
         }
         async with asyncio.timeout(timeout):
@@ -290,6 +300,8 @@ class Turn:
     spoken: str = ""  # outputTranscription of the audio parts
     audio_bytes: int = 0
     tokens: int | None = None  # usageMetadata.responseTokenCount
+    prompt_tokens: int | None = None  # usageMetadata.promptTokenCount
+    cached_tokens: int | None = None  # usageMetadata.cachedContentTokenCount
     leaked_bytes: int = 0  # audio after `interrupted` and before the next turn's transcription
     next_turn: bool = False  # a transcription came after `interrupted`
     early: list[str] = field(default_factory=list)  # messages before the reference instant
@@ -334,7 +346,10 @@ class Turn:
             self.interrupted_at = at
         if content.get("turnComplete") and not early and self.complete_at is None:
             self.complete_at = at
-            self.tokens = (message.get("usageMetadata") or {}).get("responseTokenCount")
+            usage = message.get("usageMetadata") or {}
+            self.tokens = usage.get("responseTokenCount")
+            self.prompt_tokens = usage.get("promptTokenCount")
+            self.cached_tokens = usage.get("cachedContentTokenCount")
 
     def row(self) -> str:
         def ms(at: float | None) -> str:
@@ -801,8 +816,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` also stops the server
 
     started = time.perf_counter()
-    cache = Path(tempfile.gettempdir()) / "flashlive-bench-live-speech"
-    cache.mkdir(exist_ok=True)
+    cache = speech_cache()
     texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.utterances)]
     needed = dict.fromkeys([*texts, *QUESTIONS, STOP, WARM_UP])
     speech = {text: synthesise(text, cache) for text in needed}

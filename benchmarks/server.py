@@ -22,6 +22,7 @@ LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGener
 class BenchServer:
     port: int
     log_path: Path
+    pid: int  # the server process: its memory is what the soak benchmark watches
 
     @property
     def base_url(self) -> str:
@@ -44,15 +45,16 @@ def free_port() -> int:
 @contextmanager
 def flashlive_server(model: str, tmp: Path, *flags: str) -> Iterator[BenchServer]:
     """Start `flashlive serve` (plain HTTP only), wait for /healthz, always stop it."""
-    server = BenchServer(free_port(), tmp / "server.log")
+    port, log_path = free_port(), tmp / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHLIVE_")}
     command = [
         sys.executable, "-m", "flashlive.cli", "serve", "--host", "127.0.0.1",
-        "--port", str(server.port), "--tls-port", "0", "--model", model,
+        "--port", str(port), "--tls-port", "0", "--model", model,
         "--data-dir", str(tmp / "data"), *flags,
     ]  # fmt: skip
-    with server.log_path.open("wb") as log:
+    with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = BenchServer(port, log_path, process.pid)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

@@ -533,12 +533,12 @@ async def test_go_away_comes_before_the_time_limit_close() -> None:
 
 
 async def test_the_sliding_window_keeps_a_long_session_bounded() -> None:
-    generation = FakeGeneration(["an answer of six words here"])
+    generation = FakeGeneration(["a longer answer of twelve words that fills the window up fast"])
     transport = FakeTransport()
     task = await start(
         transport,
         services(generation),
-        contextWindowCompression={"triggerTokens": 120, "slidingWindow": {"targetTokens": 60}},
+        contextWindowCompression={"triggerTokens": 110, "slidingWindow": {"targetTokens": 60}},
     )
     for i in range(60):  # ~20 tokens a turn: 20x the target
         transport.client({"realtimeInput": {"text": f"question number {i} please"}})
@@ -549,10 +549,14 @@ async def test_the_sliding_window_keeps_a_long_session_bounded() -> None:
         sum(len((p.text or "").split()) + 6 for c in r.contents for p in c.parts)
         for r in generation.requests
     ]
-    assert max(sizes) <= 120
+    assert max(sizes) <= 110
     last = generation.requests[-1].contents
     assert last[-1].parts[0].text == "question number 59 please"
     assert last[0].parts[0].text != "question number 0 please"
+    # A cut made as an answer ends is computed right away, before the next question arrives:
+    # a warm-up of the shortened context, which ends with the model's answer.
+    between = [r.contents for r in generation.warmed if r.contents[-1].role is Role.MODEL]
+    assert between and all(len(c) < len(generation.requests[-2].contents) + 2 for c in between)
     transport.inbound.put_nowait(None)
     await task
 

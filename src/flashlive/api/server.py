@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import logging
 import signal
@@ -32,6 +33,9 @@ from flashlive.tls import TlsFiles, ensure_local_tls, user_tls
 
 log = logging.getLogger("flashlive")
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD_BYTES = 4 << 20
+
 
 class _Server(uvicorn.Server):
     """A listener that leaves signal handling to `serve`, which stops both listeners."""
@@ -39,6 +43,21 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def keep_large_blocks_in_mmap() -> None:
+    """Serve big allocations from mmap, so they go back to the system when freed.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MB); after that
+    the engine states a Live session saves every turn (tens of MB each) come from the heap,
+    which they fragment: the soak benchmark's memory then creeps up turn after turn. A fixed
+    threshold also turns that adjustment off. Other C libraries are left alone.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        log.debug("not glibc: the allocator keeps its defaults")
 
 
 def is_loopback(host: str) -> bool:
@@ -105,6 +124,7 @@ async def serve(settings: Settings) -> None:
     # ephemeral token passed as ?key= / ?access_token= must not land in the log.
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(RedactCredentials())
+    keep_large_blocks_in_mmap()
     keys = ApiKeys(settings.keys())
     if not keys.enabled and not is_loopback(settings.host) and not settings.insecure_open:
         raise SystemExit(

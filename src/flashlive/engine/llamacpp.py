@@ -283,7 +283,8 @@ class LlamaCppEngine:
         buffer = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
         held = tuple(int(t) for t in self._llm._input_ids)
-        return PrefixState(self._info.name, held, bytes(buffer)[:written])
+        # One copy out of the C buffer: a state is tens of MB, saved after every Live turn.
+        return PrefixState(self._info.name, held, ctypes.string_at(buffer, written))
 
     def _restore(self, state: PrefixState, prompt: list[int], *, force: bool) -> None:
         """Load `state` when it shares more of `prompt` than what is held (always if `force`).
@@ -323,9 +324,16 @@ class LlamaCppEngine:
 
     def _warm(self, prefix: list[int], cancel: CancelToken) -> bool:
         with self._started():
-            return self._prefill(prefix, cancel, step=WARM_SLICE)
+            return self._prefill(prefix, cancel, step=WARM_SLICE, preemptible=True)
 
-    def _prefill(self, tokens: list[int], cancel: CancelToken, step: int | None = None) -> bool:
+    def _prefill(
+        self,
+        tokens: list[int],
+        cancel: CancelToken,
+        step: int | None = None,
+        *,
+        preemptible: bool = False,
+    ) -> bool:
         """Bring the KV state up to `tokens`; False when cancelled.
 
         Whatever prefix the state already holds is kept. Generation prefills all but the last
@@ -341,8 +349,8 @@ class LlamaCppEngine:
             llm.n_tokens = reuse
         step = step or self._options.prefill_slice
         for start in range(reuse, len(tokens), step):
-            if cancel.cancelled:
-                return False
+            if cancel.cancelled or (preemptible and self._waiting):
+                return False  # warming gives way to real work; what it computed is kept
             llm.eval(tokens[start : start + step])
         return not cancel.cancelled
 

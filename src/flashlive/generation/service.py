@@ -414,7 +414,10 @@ class GenerationService:
         found = await self._prefix_state(prepared)
         if found is not None and found[1] > _held(prepared):
             return False  # restoring that state is the real request's job, and cheap
-        return await prepared.model.engine.warm(prepared.tokens)
+        done = await prepared.model.engine.warm(prepared.tokens)
+        if done and state_key is not None:
+            await self._leave_state(prepared)  # kept even if other sessions come first
+        return done
 
     async def generate(
         self,

@@ -116,6 +116,7 @@ MAX_UTTERANCE_S = 30.0  # manual activity longer than this is cut (Whisper's win
 WARM_EVERY_S = 0.6  # while the user speaks, prefill their words so far this often
 FIRST_PIECE_WORDS = 3  # speech starts after this many words, even mid-sentence
 ANSWER_RESERVE = 1024  # context kept free for an answer when maxOutputTokens is not set
+PREFILL_RETRY_S = 0.5  # a context computed between turns waits this long for an idle engine
 TAKEOVER_WAIT_S = 5.0  # how long a resumed session waits for its old connection to end
 
 
@@ -619,14 +620,8 @@ class LiveSession:
     async def _warm(self, audio: np.ndarray) -> None:
         text = await self._transcribe(audio)
         if text and self.active is None:
-            request = self.conversation.request(self.conf.base, _user_text(text))
             began = time.monotonic()
-            done = await self.services.generation.warm(
-                self.conf.model,
-                request,
-                resolve_cache=self.resolve_cache,
-                state_key=self._state_key,
-            )
+            done = await self._warm_engine(_user_text(text))
             log.debug(
                 "live session %s: warmed %r: %s in %.3f s",
                 self.id,
@@ -634,6 +629,15 @@ class LiveSession:
                 "done" if done else "skipped",
                 time.monotonic() - began,
             )
+
+    async def _warm_engine(self, user: Content | None) -> bool:
+        """Compute the context (and `user`'s words) ahead of the turn, if the engine is idle."""
+        return await self.services.generation.warm(
+            self.conf.model,
+            self.conversation.request(self.conf.base, user),
+            resolve_cache=self.resolve_cache,
+            state_key=self._state_key,
+        )
 
     def _stop_warming(self) -> None:
         if self.warming is not None:
@@ -707,22 +711,21 @@ class LiveSession:
             if turn is not None and turn.version != self.conversation.version:
                 turn.cancel()  # history moved on while it was drafted
                 turn = None
+            dropped = self.conversation.commit_user(pending.user, self.window)
+            if dropped:
+                self._log_slide(dropped)
+                if turn is not None:  # drafted on the longer context: answer on the one kept
+                    turn.cancel()
+                    turn = None
             if turn is None:
                 turn = ModelTurn.start(
-                    self, pending.user, pending.transcript, answers_tools=pending.answers_tools
+                    self,
+                    pending.user,
+                    pending.transcript,
+                    answers_tools=pending.answers_tools,
+                    committed=True,
                 )
                 turn.asr_s = pending.asr_s
-            dropped = self.conversation.commit_user(turn.user, self.window)
-            if dropped:
-                log.info(
-                    "live session %s: the sliding window dropped %d turns; %d tokens remain",
-                    self.id,
-                    dropped,
-                    self.conversation.tokens,
-                )
-                if turn.draft:  # drafted on the longer context: answer on the one kept
-                    turn.cancel()
-                    turn = ModelTurn.start(self, turn.user, turn.transcript)
             self.active = turn
             await self._save()  # the user's turn is safe before any of its answer is sent
             turn.commit()
@@ -731,6 +734,31 @@ class LiveSession:
                 await turn.playback_ends()
             if self.active is turn:
                 self.active = None
+
+    def _log_slide(self, dropped: int) -> None:
+        log.info(
+            "live session %s: the sliding window dropped %d turns; %d tokens remain",
+            self.id,
+            dropped,
+            self.conversation.tokens,
+        )
+
+    def _after_answer(self) -> None:
+        """Between turns: slide the window now if it is due, and compute the shorter context
+        while the engine is otherwise idle, so the next turn does not wait for it."""
+        if self.window is None:
+            return
+        dropped = self.conversation.keep_within(self.window)
+        if dropped:
+            self._log_slide(dropped)
+            self.spawn(self._prefill_context(self.conversation.version))
+
+    async def _prefill_context(self, version: int) -> None:
+        while self.conversation.version == version:
+            if await self._warm_engine(None):
+                log.info("live session %s: the shortened context is computed", self.id)
+                return
+            await asyncio.sleep(PREFILL_RETRY_S)  # the engine is busy: try again when it may not be
 
     def _barge_in(self) -> None:
         """The user started a new turn: stop the model's answer, keep what was heard of it."""
@@ -818,9 +846,12 @@ class ModelTurn:
         transcript: str | None,
         *,
         answers_tools: bool = False,
+        committed: bool = False,
     ) -> ModelTurn:
+        """Start answering `user`: a draft ahead of its commit, or (`committed`) a user turn
+        the history already holds."""
         turn = cls(session, user, transcript, session.conversation.version)
-        request = session.conversation.request(session.conf.base, user)
+        request = session.conversation.request(session.conf.base, None if committed else user)
         if answers_tools:
             # Small models tend to call the same function again rather than use its result:
             # the answer to a tool response is text.
@@ -975,6 +1006,7 @@ class ModelTurn:
             await self.session.emit(item)
         session = self.session
         session.conversation.record_model(self.text, self.calls)
+        session._after_answer()
         self.sent_all = True
         self.log_timing()
         self.record_usage()

@@ -233,13 +233,22 @@ class Conversation:
         self.answer_owed = True
         if window is None:
             return 0
-        if window.trigger is not None and self.tokens > window.trigger:
-            return self._slide(window.target)
+        dropped = self.keep_within(window)
         if self.tokens > window.limit:
             raise FailedPrecondition(
                 f"the session's context is full ({self.tokens} of {window.limit} tokens); "
                 "set contextWindowCompression to keep going"
             )
+        return dropped
+
+    def keep_within(self, window: Window) -> int:
+        """Slide the window when the context is past its trigger; returns the turns dropped.
+
+        Called when an answer ends too, so the shorter context can be computed while the user
+        is still thinking rather than when their next turn arrives.
+        """
+        if window.trigger is not None and self.tokens > window.trigger:
+            return self._slide(window.target)
         return 0
 
     def _slide(self, target: int) -> int:

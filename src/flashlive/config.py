@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     # Where resumption state and ephemeral tokens live: memory, sqlite (in the data dir),
     # sqlite:////abs/path, or redis://host:port/db.
     session_store: str = "memory"
+    image_tokens: int = Field(default=258, ge=1)  # what one image counts as in usage
     tts: str = Field(default="auto", pattern="^(auto|piper|espeak)$")  # auto: Piper, else espeak-ng
     cache_min_tokens: int = Field(default=128, ge=0)  # smaller cachedContents are refused
     cache_sweep_interval_s: float = Field(default=60.0, gt=0)  # how often expired caches go

@@ -26,6 +26,7 @@ from flashlive.errors import FlashliveError
 from flashlive.generation.service import GenerationService
 from flashlive.ledger import PriceTable, open_ledger
 from flashlive.live.services import LiveLimits, LiveServices, Perception
+from flashlive.perception.vision import EmbeddedVision
 from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
 from flashlive.quota import QuotaLimits, Quotas, load_overrides
 from flashlive.store import open_store
@@ -148,7 +149,11 @@ async def serve(settings: Settings) -> None:
         disk_bytes=settings.kv_disk_bytes,
     )
     service = GenerationService(
-        models, output_token_limit=settings.output_token_limit, prefixes=prefixes
+        models,
+        output_token_limit=settings.output_token_limit,
+        prefixes=prefixes,
+        vision=EmbeddedVision.load(),
+        image_tokens=settings.image_tokens,
     )
     caches = CacheRegistry(settings.data_dir, min_tokens=settings.cache_min_tokens)
     usage = usage_setup(settings)

@@ -34,6 +34,8 @@ from flashlive.generation.prompt import (
 from flashlive.generation.schema import function_call_schema, to_json_schema
 from flashlive.generation.text import MarkerSplit, StopMatcher, WhitespaceTrim
 from flashlive.models import LoadedModel, ModelManager
+from flashlive.perception.vision import Vision
+from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
     Content,
     FunctionCall,
@@ -70,6 +72,7 @@ _TOOL_BLOCK = re.compile(
 
 # A prompt at least this long leaves its state behind for later requests that begin the same way.
 IMPLICIT_MIN_TOKENS = 1024
+IMAGE_TOKENS = 258  # what one image counts as in usage, as on Gemini, whatever the model saw
 CACHE_WITH_OVERRIDES = (
     "CachedContent can not be used with GenerateContent request setting system_instruction, "
     "tools or tool_config. Proposed fix: move those values to CachedContent."
@@ -107,6 +110,21 @@ class Prepared:
     prefix_key: str | None = None  # the cachedContent whose state this prompt begins with
     prefix_len: int = 0
     state_key: str | None = None  # a conversation that keeps its own state between turns
+    images: int = 0  # images in the prompt, each seen as an observation's text
+    observed_tokens: int = 0  # the tokens of those observations, billed as images instead
+
+    def prompt_details(self, image_tokens: int) -> list[ModalityTokenCount]:
+        """Prompt tokens by modality, as usage reports (and bills) them."""
+        details = [
+            ModalityTokenCount(
+                modality=Modality.TEXT, token_count=len(self.tokens) - self.observed_tokens
+            )
+        ]
+        if self.images:
+            details.append(
+                ModalityTokenCount(modality=Modality.IMAGE, token_count=self.images * image_tokens)
+            )
+        return details
 
 
 @dataclass
@@ -127,8 +145,12 @@ class GenerationService:
         *,
         output_token_limit: int,
         prefixes: PrefixStore | None = None,
+        vision: Vision | None = None,
+        image_tokens: int = IMAGE_TOKENS,
     ) -> None:
         self._models = models
+        self._vision = vision
+        self.image_tokens = image_tokens
         self._prefixes = prefixes or PrefixStore(spill_dir=None)
         self._warming: dict[str, asyncio.Task[None]] = {}  # cached contexts being computed
         self._formatters: dict[str, tuple[Formatter, ControlTokenGuard]] = {}
@@ -142,10 +164,9 @@ class GenerationService:
         else:
             full = GenerateContentRequest(contents=request.contents or [])
         prepared = await self.prepare(model, full)
-        n = len(prepared.tokens)
+        details = prepared.prompt_details(self.image_tokens)
         return CountTokensResponse(
-            total_tokens=n,
-            prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=n)],
+            total_tokens=sum(d.token_count for d in details), prompt_tokens_details=details
         )
 
     async def prepare(
@@ -159,6 +180,7 @@ class GenerationService:
         if request.cached_content:
             cached = await self._cached(loaded, request, resolve_cache)
             request = _with_cache(request, cached)
+        request, observations = await self._look_at_images(request)
         config = request.generation_config or GenerationConfig()
         if config.response_logprobs or config.logprobs:
             raise InvalidArgument("responseLogprobs is not supported by this server yet")
@@ -223,6 +245,8 @@ class GenerationService:
         if cached is not None:
             prefix_len = await self._cached_length(loaded, formatter, guard, cached, tokens)
         return Prepared(
+            images=len(observations),
+            observed_tokens=sum(loaded.engine.count_tokens(o) for o in observations),
             prefix_key=f"{loaded.spec.id}:{cached.name}" if cached is not None else None,
             prefix_len=prefix_len,
             model=loaded,
@@ -234,6 +258,40 @@ class GenerationService:
             capture_calls=mode is FunctionCallingMode.AUTO and bool(offered),
             functions=functions,
         )
+
+    async def _look_at_images(
+        self, request: GenerateContentRequest
+    ) -> tuple[GenerateContentRequest, list[str]]:
+        """The request with each image replaced by the text of what was seen in it."""
+        found = [
+            (i, j, part.inline_data)
+            for i, content in enumerate(request.contents)
+            for j, part in enumerate(content.parts)
+            if part.inline_data is not None
+            and part.inline_data.mime_type.lower().startswith("image/")
+        ]
+        if not found:
+            return request, []
+        if self._vision is None:
+            raise InvalidArgument("this server has no vision stage: images cannot be read")
+        contents = [c.model_copy(update={"parts": list(c.parts)}) for c in request.contents]
+        observations: list[str] = []
+        for n, (i, j, blob) in enumerate(found, start=1):
+            where = f"contents[{i}].parts[{j}].inlineData"
+            try:
+                data = decode_base64(blob.data)
+            except ValueError:
+                raise InvalidArgument(f"{where}.data is not valid base64") from None
+            try:
+                seen = await asyncio.to_thread(
+                    self._vision.observe, data, blob.mime_type.lower().split(";")[0].strip()
+                )
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"{where}: {exc.message}") from None
+            text = f"[image {n}: {seen.text}]\n"
+            contents[i].parts[j] = Part(text=text)
+            observations.append(text)
+        return request.model_copy(update={"contents": contents}), observations
 
     async def _cached(
         self,
@@ -394,7 +452,7 @@ class GenerationService:
         parts = [Part(function_call=c) for c in outcome.calls]
         final = self._chunk(prepared, response_id, parts or [Part(text="")])
         final.candidates[0].finish_reason = outcome.finish
-        final.usage_metadata = _usage(len(prepared.tokens), outcome.generated, outcome.cached)
+        final.usage_metadata = self._usage(prepared, outcome)
         yield final
 
     async def warm(
@@ -436,7 +494,7 @@ class GenerationService:
         parts = ([Part(text=text)] if text else []) + [Part(function_call=c) for c in outcome.calls]
         response = self._chunk(prepared, secrets.token_urlsafe(12), parts or [Part(text="")])
         response.candidates[0].finish_reason = outcome.finish
-        response.usage_metadata = _usage(len(prepared.tokens), outcome.generated, outcome.cached)
+        response.usage_metadata = self._usage(prepared, outcome)
         return response
 
     async def _run(self, prepared: Prepared, outcome: Outcome) -> AsyncIterator[str]:
@@ -504,6 +562,23 @@ class GenerationService:
             outcome.text += text
             yield text
 
+    def _usage(self, prepared: Prepared, outcome: Outcome) -> UsageMetadata:
+        details = prepared.prompt_details(self.image_tokens)
+        prompt = sum(d.token_count for d in details)
+        generated = outcome.generated
+        return UsageMetadata(
+            prompt_token_count=prompt,
+            cached_content_token_count=outcome.cached or None,
+            candidates_token_count=generated,
+            total_token_count=prompt + generated,
+            prompt_tokens_details=details,
+            candidates_tokens_details=(
+                [ModalityTokenCount(modality=Modality.TEXT, token_count=generated)]
+                if generated
+                else None
+            ),
+        )
+
     def _chunk(
         self, prepared: Prepared, response_id: str, parts: list[Part]
     ) -> GenerateContentResponse:
@@ -514,19 +589,6 @@ class GenerationService:
         )
 
 
-def _usage(prompt: int, generated: int, cached: int = 0) -> UsageMetadata:
-    return UsageMetadata(
-        prompt_token_count=prompt,
-        cached_content_token_count=cached or None,
-        candidates_token_count=generated,
-        total_token_count=prompt + generated,
-        prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=prompt)],
-        candidates_tokens_details=(
-            [ModalityTokenCount(modality=Modality.TEXT, token_count=generated)]
-            if generated
-            else None
-        ),
-    )
 
 
 def _held(prepared: Prepared) -> int:

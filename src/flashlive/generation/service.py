@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -34,6 +35,7 @@ from flashlive.generation.prompt import (
 from flashlive.generation.schema import function_call_schema, to_json_schema
 from flashlive.generation.text import MarkerSplit, StopMatcher, WhitespaceTrim
 from flashlive.models import LoadedModel, ModelManager
+from flashlive.perception.audio import INPUT_RATE, FloatArray, decode_audio
 from flashlive.perception.vision import Vision
 from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
@@ -72,7 +74,7 @@ _TOOL_BLOCK = re.compile(
 
 # A prompt at least this long leaves its state behind for later requests that begin the same way.
 IMPLICIT_MIN_TOKENS = 1024
-IMAGE_TOKENS = 258  # what one image counts as in usage, as on Gemini, whatever the model saw
+MAX_AUDIO_PART_S = 600.0  # longer audio parts are refused: transcription takes ~1/10 real time
 CACHE_WITH_OVERRIDES = (
     "CachedContent can not be used with GenerateContent request setting system_instruction, "
     "tools or tool_config. Proposed fix: move those values to CachedContent."
@@ -111,9 +113,10 @@ class Prepared:
     prefix_len: int = 0
     state_key: str | None = None  # a conversation that keeps its own state between turns
     images: int = 0  # images in the prompt, each seen as an observation's text
-    observed_tokens: int = 0  # the tokens of those observations, billed as images instead
+    audio_seconds: float = 0.0  # audio in the prompt, heard as a transcript
+    observed_tokens: int = 0  # the tokens of those texts, billed as images and audio instead
 
-    def prompt_details(self, image_tokens: int) -> list[ModalityTokenCount]:
+    def prompt_details(self, rates: MediaTokens) -> list[ModalityTokenCount]:
         """Prompt tokens by modality, as usage reports (and bills) them."""
         details = [
             ModalityTokenCount(
@@ -122,9 +125,34 @@ class Prepared:
         ]
         if self.images:
             details.append(
-                ModalityTokenCount(modality=Modality.IMAGE, token_count=self.images * image_tokens)
+                ModalityTokenCount(modality=Modality.IMAGE, token_count=self.images * rates.image)
+            )
+        if self.audio_seconds:
+            details.append(
+                ModalityTokenCount(
+                    modality=Modality.AUDIO,
+                    token_count=math.ceil(self.audio_seconds * rates.audio_per_s),
+                )
             )
         return details
+
+
+@dataclass
+class Perceived:
+    """A request whose images and audio became text, and how much media that was."""
+
+    request: GenerateContentRequest
+    observations: list[str] = field(default_factory=list)
+    images: int = 0
+    audio_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class MediaTokens:
+    """What media counts as in usage, as on Gemini, whatever text the model was given for it."""
+
+    image: int = 258  # per image
+    audio_per_s: float = 32.0
 
 
 @dataclass
@@ -146,11 +174,13 @@ class GenerationService:
         output_token_limit: int,
         prefixes: PrefixStore | None = None,
         vision: Vision | None = None,
-        image_tokens: int = IMAGE_TOKENS,
+        transcribe: Callable[[FloatArray], Awaitable[str]] | None = None,
+        media_tokens: MediaTokens | None = None,
     ) -> None:
         self._models = models
         self._vision = vision
-        self.image_tokens = image_tokens
+        self._transcribe = transcribe  # 16 kHz speech → text
+        self.media_tokens = media_tokens or MediaTokens()
         self._prefixes = prefixes or PrefixStore(spill_dir=None)
         self._warming: dict[str, asyncio.Task[None]] = {}  # cached contexts being computed
         self._formatters: dict[str, tuple[Formatter, ControlTokenGuard]] = {}
@@ -164,7 +194,7 @@ class GenerationService:
         else:
             full = GenerateContentRequest(contents=request.contents or [])
         prepared = await self.prepare(model, full)
-        details = prepared.prompt_details(self.image_tokens)
+        details = prepared.prompt_details(self.media_tokens)
         return CountTokensResponse(
             total_tokens=sum(d.token_count for d in details), prompt_tokens_details=details
         )
@@ -180,7 +210,8 @@ class GenerationService:
         if request.cached_content:
             cached = await self._cached(loaded, request, resolve_cache)
             request = _with_cache(request, cached)
-        request, observations = await self._look_at_images(request)
+        perceived = await self._perceive(request)
+        request = perceived.request
         config = request.generation_config or GenerationConfig()
         if config.response_logprobs or config.logprobs:
             raise InvalidArgument("responseLogprobs is not supported by this server yet")
@@ -245,8 +276,9 @@ class GenerationService:
         if cached is not None:
             prefix_len = await self._cached_length(loaded, formatter, guard, cached, tokens)
         return Prepared(
-            images=len(observations),
-            observed_tokens=sum(loaded.engine.count_tokens(o) for o in observations),
+            images=perceived.images,
+            audio_seconds=perceived.audio_seconds,
+            observed_tokens=sum(loaded.engine.count_tokens(o) for o in perceived.observations),
             prefix_key=f"{loaded.spec.id}:{cached.name}" if cached is not None else None,
             prefix_len=prefix_len,
             model=loaded,
@@ -259,39 +291,59 @@ class GenerationService:
             functions=functions,
         )
 
-    async def _look_at_images(
-        self, request: GenerateContentRequest
-    ) -> tuple[GenerateContentRequest, list[str]]:
-        """The request with each image replaced by the text of what was seen in it."""
+    async def _perceive(self, request: GenerateContentRequest) -> Perceived:
+        """The request with each image and audio part replaced by the text of what was seen
+        or heard in it."""
         found = [
             (i, j, part.inline_data)
             for i, content in enumerate(request.contents)
             for j, part in enumerate(content.parts)
             if part.inline_data is not None
-            and part.inline_data.mime_type.lower().startswith("image/")
+            and part.inline_data.mime_type.lower().startswith(("image/", "audio/"))
         ]
+        perceived = Perceived(request)
         if not found:
-            return request, []
-        if self._vision is None:
-            raise InvalidArgument("this server has no vision stage: images cannot be read")
+            return perceived
         contents = [c.model_copy(update={"parts": list(c.parts)}) for c in request.contents]
-        observations: list[str] = []
-        for n, (i, j, blob) in enumerate(found, start=1):
+        for i, j, blob in found:
             where = f"contents[{i}].parts[{j}].inlineData"
             try:
                 data = decode_base64(blob.data)
             except ValueError:
                 raise InvalidArgument(f"{where}.data is not valid base64") from None
+            mime = blob.mime_type.lower()
             try:
-                seen = await asyncio.to_thread(
-                    self._vision.observe, data, blob.mime_type.lower().split(";")[0].strip()
-                )
+                if mime.startswith("image/"):
+                    text = await self._look(data, mime.split(";")[0].strip(), perceived)
+                else:
+                    text = await self._listen(data, mime, perceived)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"{where}: {exc.message}") from None
-            text = f"[image {n}: {seen.text}]\n"
             contents[i].parts[j] = Part(text=text)
-            observations.append(text)
-        return request.model_copy(update={"contents": contents}), observations
+            perceived.observations.append(text)
+        perceived.request = request.model_copy(update={"contents": contents})
+        return perceived
+
+    async def _look(self, data: bytes, mime: str, perceived: Perceived) -> str:
+        if self._vision is None:
+            raise InvalidArgument("this server has no vision stage: images cannot be read")
+        seen = await asyncio.to_thread(self._vision.observe, data, mime)
+        perceived.images += 1
+        return f"[image {perceived.images}: {seen.text}]\n"
+
+    async def _listen(self, data: bytes, mime: str, perceived: Perceived) -> str:
+        if self._transcribe is None:
+            raise InvalidArgument("this server has no speech recognition: audio cannot be read")
+        samples = await asyncio.to_thread(decode_audio, data, mime)
+        seconds = samples.size / INPUT_RATE
+        if seconds > MAX_AUDIO_PART_S:
+            raise InvalidArgument(
+                f"the audio lasts {seconds:.0f} s; at most {MAX_AUDIO_PART_S:.0f} s are taken"
+            )
+        said = await self._transcribe(samples)
+        perceived.audio_seconds += seconds
+        heard = f"'{said}'" if said else "no speech"
+        return f"[audio, {seconds:.1f} s: {heard}]\n"
 
     async def _cached(
         self,
@@ -563,7 +615,7 @@ class GenerationService:
             yield text
 
     def _usage(self, prepared: Prepared, outcome: Outcome) -> UsageMetadata:
-        details = prepared.prompt_details(self.image_tokens)
+        details = prepared.prompt_details(self.media_tokens)
         prompt = sum(d.token_count for d in details)
         generated = outcome.generated
         return UsageMetadata(

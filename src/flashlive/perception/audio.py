@@ -6,6 +6,7 @@ says otherwise) and model speech out as PCM16 LE mono 24 kHz; everything in betw
 
 from __future__ import annotations
 
+import io
 import re
 
 import numpy as np
@@ -117,3 +118,50 @@ def resample(x: npt.NDArray[np.floating], src_rate: int, dst_rate: int) -> Float
     if src_rate == dst_rate or samples.size == 0:
         return samples
     return _as_float32(soxr.resample(samples, src_rate, dst_rate))
+
+
+# Encoded audio a request may carry whole (PyAV decodes them); raw PCM goes through
+# `parse_pcm_mime`.
+AUDIO_FILE_MIMES = frozenset(
+    {
+        "audio/wav",
+        "audio/x-wav",
+        "audio/wave",
+        "audio/mpeg",
+        "audio/mp3",
+        "audio/flac",
+        "audio/x-flac",
+        "audio/ogg",
+        "audio/opus",
+        "audio/webm",
+        "audio/aac",
+        "audio/mp4",
+        "audio/aiff",
+    }
+)
+
+
+def decode_audio(data: bytes, mime: str) -> FloatArray:
+    """A whole audio part (a file, or raw PCM) as 16 kHz mono float32."""
+    base = mime.split(";")[0].strip().lower()
+    if base in ("audio/pcm", "audio/l16"):
+        if len(data) % 2:
+            raise InvalidArgument(f"{mime} data has an odd number of bytes: not 16-bit PCM")
+        rate = parse_pcm_mime(mime)
+        samples = pcm16_to_float(data)
+        return samples if rate == INPUT_RATE else resample(samples, rate, INPUT_RATE)
+    if base not in AUDIO_FILE_MIMES:
+        raise InvalidArgument(
+            f"{mime} is not an audio type this server reads "
+            f"(audio/pcm;rate=N or one of {', '.join(sorted(AUDIO_FILE_MIMES))})"
+        )
+    import av
+    from faster_whisper.audio import decode_audio as av_decode
+
+    try:
+        samples = av_decode(io.BytesIO(data), sampling_rate=INPUT_RATE)
+    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        raise InvalidArgument(f"the {mime} data is not readable audio: {exc}") from None
+    if samples.size == 0:
+        raise InvalidArgument(f"the {mime} data holds no audio")
+    return _as_float32(samples)

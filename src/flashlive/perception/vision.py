@@ -3,7 +3,7 @@
 No vision-language model ships its weights on PyPI, so the embedded default looks at an image
 through specialised models and writes what they found as one short line of text:
 
-    text: 'STOP HERE'
+    text: 'STOP HERE'; likely: street sign (0.91)
 
 Stages are independent and each is timed; an image seen before (by content hash) is not looked
 at twice. A multimodal engine that takes images natively would sit behind the same `Vision`
@@ -22,11 +22,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
 from flashlive.errors import InvalidArgument
+from flashlive.perception.labels import Labeler
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ OCR_TIMEOUT_S = 20.0
 OCR_MAX_SIDE = 2000  # tesseract reads larger images no better and much slower
 MAX_TEXT_CHARS = 400  # an observation stays a line, not a page
 SEEN_CACHE = 256  # observations kept by image hash
+LABEL_MIN_P = 0.25  # ImageNet guesses less sure than this are not worth the model's attention
 
 
 @dataclass(frozen=True)
@@ -135,13 +138,20 @@ class EmbeddedVision:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls) -> EmbeddedVision:
+    def load(cls, cache_dir: Path) -> EmbeddedVision:
+        """Blocking (the labeller is assembled on first use): call it from a worker thread."""
         stages: list[tuple[str, Stage]] = []
         ocr = TesseractOcr.find()
         if ocr is not None:
             stages.append(("ocr", lambda image: _quoted_text(ocr.read(image))))
         else:
             log.warning("tesseract is not installed: images are described without their text")
+        try:
+            labeler = Labeler.load(cache_dir)
+        except Exception as exc:  # a missing or damaged weights package: labels are optional
+            log.warning("image labels are off: %s", exc)
+        else:
+            stages.append(("labels", lambda image: _likely(labeler.top(image, k=2))))
         return cls(stages)
 
     def observe(self, image: bytes, mime_type: str) -> Observation:
@@ -171,6 +181,11 @@ class EmbeddedVision:
             while len(self._seen) > SEEN_CACHE:
                 self._seen.popitem(last=False)
         return observation
+
+
+def _likely(labels: list[tuple[str, float]]) -> str | None:
+    sure = [f"{name} ({p:.2f})" for name, p in labels if p >= LABEL_MIN_P]
+    return "likely: " + ", ".join(sure) if sure else None
 
 
 def _quoted_text(text: str) -> str | None:

@@ -1,8 +1,12 @@
-"""Images in REST through the official SDK: read by the embedded vision stage, billed as images."""
+"""Images and audio in REST through the official SDK: seen and heard by the embedded perception
+stages, billed by modality."""
 
 from __future__ import annotations
 
 import io
+import math
+import wave
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,6 +14,7 @@ from conftest import FAST_MODEL, INSTRUCT_MODEL, Server
 from google import genai
 from google.genai import errors, types
 from PIL import Image, ImageDraw, ImageFont
+from speech import spoken
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,3 +86,43 @@ def test_a_50_mb_image_is_a_413(server: Server) -> None:
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == 413
+
+
+def wav_of(pcm: bytes) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
+def test_an_audio_part_is_heard_and_billed_as_audio(client: genai.Client, tmp_path: Path) -> None:
+    question = "What is the capital of France?"
+    pcm = spoken(question, tmp_path)
+    contents = [
+        types.Part.from_bytes(data=wav_of(pcm), mime_type="audio/wav"),
+        "Answer the question in the recording in one word.",
+    ]
+    response = client.models.generate_content(
+        model=INSTRUCT_MODEL,
+        contents=contents,
+        config=types.GenerateContentConfig(max_output_tokens=8, temperature=0.0),
+    )
+    assert "paris" in (response.text or "").lower()
+    usage = response.usage_metadata
+    assert usage is not None
+    details = {d.modality: d.token_count for d in usage.prompt_tokens_details or []}
+    assert details[types.MediaModality.AUDIO] == math.ceil(len(pcm) / 2 / 16000 * 32)
+    counted = client.models.count_tokens(model=INSTRUCT_MODEL, contents=contents)
+    assert counted.total_tokens == usage.prompt_token_count == sum(details.values())
+
+
+def test_unreadable_audio_is_a_400(client: genai.Client) -> None:
+    with pytest.raises(errors.ClientError) as failure:
+        client.models.generate_content(
+            model=FAST_MODEL,
+            contents=[types.Part.from_bytes(data=b"ID3 not mp3" * 9, mime_type="audio/mpeg"), "?"],
+        )
+    assert failure.value.code == 400 and "not readable audio" in str(failure.value)

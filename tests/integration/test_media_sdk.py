@@ -3,6 +3,7 @@ stages, billed by modality."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import wave
@@ -15,6 +16,7 @@ from google import genai
 from google.genai import errors, types
 from PIL import Image, ImageDraw, ImageFont
 from speech import spoken
+from test_live import sdk_client, text_of, turn
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -126,3 +128,21 @@ def test_unreadable_audio_is_a_400(client: genai.Client) -> None:
             contents=[types.Part.from_bytes(data=b"ID3 not mp3" * 9, mime_type="audio/mpeg"), "?"],
         )
     assert failure.value.code == 400 and "not readable audio" in str(failure.value)
+
+
+async def test_a_live_session_reads_the_sign_its_camera_shows(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = sdk_client(server, monkeypatch)
+    config = types.LiveConnectConfig(
+        response_modalities=["TEXT"], max_output_tokens=16, temperature=0.0
+    )
+    async with client.aio.live.connect(model=INSTRUCT_MODEL, config=config) as session:
+        for _ in range(3):  # a camera sends a frame a second; the scene does not change
+            await session.send_realtime_input(
+                video=types.Blob(data=sign("GATE 7"), mime_type="image/jpeg")
+            )
+            await asyncio.sleep(1.0)
+        await session.send_realtime_input(text="What does the sign say? Only its words.")
+        messages = await turn(session)
+    assert "GATE 7" in text_of(messages).upper()

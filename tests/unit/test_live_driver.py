@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from flashlive.api.live import serve_session
 from flashlive.errors import NotFound
@@ -23,6 +25,7 @@ from flashlive.ledger.records import UsageRecord
 from flashlive.live.driver import LiveSession
 from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.perception.asr import Transcript
+from flashlive.perception.vision import Observation, decode_image
 from flashlive.protocol.content import Content, Part, Role
 from flashlive.protocol.generate import (
     Candidate,
@@ -624,3 +627,71 @@ async def test_a_token_session_obeys_its_grant_and_ends_when_the_token_expires()
     assert any("goAway" in m for m in transport.sent)
     assert transport.closed is not None and transport.closed[0] == 1008
     assert "expired" in transport.closed[1]
+
+
+# --- the camera ---------------------------------------------------------------------------
+
+
+class FakeVision:
+    """Says which sign it sees; counts its looks."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def observe(self, image: bytes, mime_type: str) -> Observation:
+        self.looks += 1
+        text = decode_image(image, mime_type).getpixel((0, 0))
+        return Observation(f"a sign coloured {text}")
+
+
+def frame(colour: tuple[int, int, int], mark: bool = False) -> dict[str, Any]:
+    image = Image.new("RGB", (320, 240), colour)
+    if mark:  # a different picture: a block in one half
+        Image.Image.paste(image, (255, 255, 255), (0, 0, 160, 240))
+    out = io.BytesIO()
+    image.save(out, "JPEG")
+    data = base64.b64encode(out.getvalue()).decode()
+    return {"realtimeInput": {"video": {"mimeType": "image/jpeg", "data": data}}}
+
+
+async def test_what_the_camera_shows_joins_the_next_user_turn_once() -> None:
+    generation = FakeGeneration(["ok"])
+    live = services(generation)
+    live.vision = vision = FakeVision()
+    transport = FakeTransport()
+    task = await start(transport, live)
+    transport.client(frame((200, 30, 30)))
+    async with asyncio.timeout(5):
+        while vision.looks < 1:
+            await asyncio.sleep(0.01)
+    transport.client(frame((200, 30, 30)))  # the same scene: not looked at again
+    transport.client({"realtimeInput": {"text": "what do you see?"}})
+    await transport.wait_for(has("turnComplete"))
+    user = generation.requests[-1].contents[-1]
+    assert user.parts[0].text is not None and user.parts[0].text.startswith("[camera: a sign")
+    assert user.parts[1].text == "what do you see?"
+    transport.client({"realtimeInput": {"text": "and now?"}})
+    async with asyncio.timeout(5):
+        while len(generation.requests) < 2 or generation.finished < 2:
+            await asyncio.sleep(0.01)
+    assert [p.text for p in generation.requests[-1].contents[-1].parts] == ["and now?"]
+    transport.client(frame((30, 30, 200), mark=True))  # a new scene is looked at
+    async with asyncio.timeout(5):
+        while vision.looks < 2:
+            await asyncio.sleep(0.01)
+    assert vision.looks == 2
+    transport.inbound.put_nowait(None)
+    await task
+
+
+async def test_a_corrupt_frame_closes_with_1007() -> None:
+    live = services(FakeGeneration(["ok"]))
+    live.vision = FakeVision()
+    transport = FakeTransport()
+    task = await start(transport, live)
+    data = base64.b64encode(b"\xff\xd8 not a jpeg").decode()
+    transport.client({"realtimeInput": {"video": {"mimeType": "image/jpeg", "data": data}}})
+    async with asyncio.timeout(5):
+        await task
+    assert transport.closed is not None and transport.closed[0] == 1007
+    assert "frame" in transport.closed[1]

@@ -162,11 +162,12 @@ async def serve(settings: Settings) -> None:
         ]
         return " ".join(p for p in pieces if p)
 
+    vision = EmbeddedVision.load(settings.models_dir)  # shared by REST and Live
     service = GenerationService(
         models,
         output_token_limit=settings.output_token_limit,
         prefixes=prefixes,
-        vision=EmbeddedVision.load(settings.models_dir),
+        vision=vision,
         transcribe=transcribe,
         media_tokens=MediaTokens(settings.image_tokens, settings.audio_tokens_per_s),
     )
@@ -188,6 +189,7 @@ async def serve(settings: Settings) -> None:
             resume_ttl_s=settings.live_resume_ttl_s,
         ),
         store=store,
+        vision=vision,
     )
     app = build_app(
         models=models,

@@ -75,6 +75,7 @@ from flashlive.perception.vad import (
     VadEvent,
     VadStream,
 )
+from flashlive.perception.vision import IMAGE_MIMES, decode_image, frame_hash, hash_distance
 from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
     Blob,
@@ -118,6 +119,7 @@ FIRST_PIECE_WORDS = 3  # speech starts after this many words, even mid-sentence
 ANSWER_RESERVE = 1024  # context kept free for an answer when maxOutputTokens is not set
 PREFILL_RETRY_S = 0.5  # a context computed between turns waits this long for an idle engine
 TAKEOVER_WAIT_S = 5.0  # how long a resumed session waits for its old connection to end
+SAME_SCENE_BITS = 6  # frames whose 64-bit difference hashes differ in no more bits look alike
 
 
 class Transport(Protocol):
@@ -131,6 +133,13 @@ class Transport(Protocol):
 
 class ClientGone(Exception):
     """The client closed the connection: the session ends quietly."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    data: bytes  # an encoded image
+    mime: str
+    at: float  # seconds into the session's audio when it arrived
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,9 @@ class LiveSession:
         self.samples_in = 0  # 16 kHz samples received: the session's audio clock
         self.in_activity: list[np.ndarray] | None = None
         self.warming: asyncio.Task[None] | None = None
+        self.frames: asyncio.Queue[Frame] = asyncio.Queue(1)  # the newest camera frame only
+        self.frames_seen = 0
+        self.frames_dropped = 0
         self.last_asr_compute_s = 0.0
         self.warmed_samples = 0
         self.opened = time.monotonic()
@@ -225,6 +237,7 @@ class LiveSession:
                 tg.create_task(self._receive_loop())
                 tg.create_task(self._listen_loop())
                 tg.create_task(self._turn_loop())
+                tg.create_task(self._look_loop())
                 tg.create_task(self._deadline())
                 tg.create_task(self._watch_takeover())
                 if self.conversation.answer_owed:
@@ -514,9 +527,13 @@ class LiveSession:
         if given.audio is not None:
             await self._audio_in(given.audio, "realtimeInput.audio")
         for i, blob in enumerate(given.media_chunks or []):
-            await self._audio_in(blob, f"realtimeInput.mediaChunks[{i}]")
+            where = f"realtimeInput.mediaChunks[{i}]"
+            if blob.mime_type.lower().startswith("image/"):
+                self._frame_in(blob, where)
+            else:
+                await self._audio_in(blob, where)
         if given.video is not None:
-            raise InvalidArgument("realtimeInput.video is not supported by this server yet")
+            self._frame_in(given.video, "realtimeInput.video")
         if given.audio_stream_end:
             await self.audio.put(FLUSH)
         for signal, mark, name in (
@@ -530,6 +547,48 @@ class LiveSession:
                     f"{name} needs realtimeInputConfig.automaticActivityDetection.disabled"
                 )
             await self.audio.put(mark)
+
+    def _frame_in(self, blob: Blob, where: str) -> None:
+        """Keep the newest camera frame; one still waiting to be looked at is stale: dropped."""
+        if self.services.vision is None:
+            raise InvalidArgument(f"{where}: this server has no vision stage")
+        mime = blob.mime_type.lower().split(";")[0].strip()
+        if mime not in IMAGE_MIMES:
+            raise InvalidArgument(
+                f"{where}: {blob.mime_type} is not an image type this server reads"
+            )
+        try:
+            frame = Frame(decode_base64(blob.data), mime, self.samples_in / INPUT_RATE)
+        except ValueError:
+            raise InvalidArgument(f"{where}.data is not valid base64") from None
+        if self.frames.full():
+            self.frames.get_nowait()
+            self.frames_dropped += 1
+        self.frames.put_nowait(frame)
+
+    async def _look_loop(self) -> None:
+        """Look at the newest frame whenever the last look is done; an unchanged scene is not
+        looked at again. What is seen joins the next user turn."""
+        vision = self.services.vision
+        if vision is None:
+            return
+        last: int | None = None
+        while True:
+            frame = await self.frames.get()
+            try:
+                image = await asyncio.to_thread(decode_image, frame.data, frame.mime)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"a video frame: {exc.message}") from None
+            shape = await asyncio.to_thread(frame_hash, image)
+            if last is not None and hash_distance(shape, last) <= SAME_SCENE_BITS:
+                continue
+            last = shape
+            seen = await asyncio.to_thread(vision.observe, frame.data, frame.mime)
+            self.frames_seen += 1
+            self.conversation.see(seen.text)
+            log.debug(
+                "live session %s: at %.1f s the camera shows %s", self.id, frame.at, seen.text
+            )
 
     async def _audio_in(self, blob: Blob, where: str) -> None:
         try:

@@ -15,6 +15,7 @@ from flashlive.models import ModelManager
 from flashlive.perception.asr import Transcriber
 from flashlive.perception.tts import EspeakSynthesizer, Synthesizer, load_synthesizer
 from flashlive.perception.vad import SileroVad
+from flashlive.perception.vision import Vision
 from flashlive.protocol.live import Setup
 from flashlive.store import MemoryStore, Store
 
@@ -108,3 +109,4 @@ class LiveServices:
     # Resumable sessions open in this process, by store key: ends that one (and waits for it)
     # when a client resumes it on a new connection.
     holders: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+    vision: Vision | None = None  # camera frames → observations, when set

@@ -192,6 +192,8 @@ class Conversation:
     base_tokens: int = 0  # system instruction, tools, cached content: never dropped
     costs: list[int] = field(default_factory=list)  # parallel to history
     dropped_turns: int = 0  # turns the sliding window has removed so far
+    view: str | None = None  # what the camera shows, not yet told to the model
+    view_told: str | None = None  # the view the history ends with
 
     def __post_init__(self) -> None:
         if len(self.costs) != len(self.history):
@@ -213,10 +215,26 @@ class Conversation:
         self.pending.extend(Content(role=t.role or Role.USER, parts=list(t.parts)) for t in turns)
 
     def request(self, base: GenerateContentRequest, user: Content | None) -> GenerateContentRequest:
-        contents = [*self.history, *self.pending]
-        if user is not None:
-            contents.append(user)
-        return base.model_copy(update={"contents": contents})
+        return base.model_copy(update={"contents": [*self.history, *self._incoming(user)]})
+
+    def see(self, view: str) -> None:
+        """What the camera shows now; it joins the next user turn, unless it changes again."""
+        if view != self.view and view != self.view_told:
+            self.view = view
+            self.version += 1  # a draft made without it answers the wrong picture
+        elif view == self.view_told:
+            self.view = None
+
+    def _incoming(self, user: Content | None) -> list[Content]:
+        """The pending turns and `user`, with the unseen view in front of the user's words."""
+        incoming = [*self.pending, *([user] if user is not None else [])]
+        if self.view is None:
+            return incoming
+        seen = Part(text=f"[camera: {self.view}]\n")
+        if incoming and incoming[-1].role is not Role.MODEL:
+            last = incoming[-1]
+            return [*incoming[:-1], Content(role=last.role, parts=[seen, *last.parts])]
+        return [*incoming, Content(role=Role.USER, parts=[seen])]
 
     def has_input(self, user: Content | None) -> bool:
         return user is not None or bool(self.pending)
@@ -224,11 +242,11 @@ class Conversation:
     def commit_user(self, user: Content | None, window: Window | None = None) -> int:
         """Make the waiting input history, keeping the context inside `window`; returns how
         many of the oldest turns were dropped for it."""
-        for content in self.pending:
+        for content in self._incoming(user):
             self._append(content)
         self.pending.clear()
-        if user is not None:
-            self._append(user)
+        if self.view is not None:
+            self.view_told, self.view = self.view, None
         self.version += 1
         self.answer_owed = True
         if window is None:

@@ -96,6 +96,22 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
+def frame_hash(image: Image.Image) -> int:
+    """A 64-bit difference hash: frames that look alike to a person differ in few bits, so a
+    camera pointed at an unchanged scene is not looked at again (JPEG noise changes bytes)."""
+    small = image.convert("L").resize((9, 8), Image.Resampling.BILINEAR)
+    pixels = small.tobytes()
+    bits = 0
+    for row in range(8):
+        for col in range(8):
+            bits = (bits << 1) | (pixels[row * 9 + col] > pixels[row * 9 + col + 1])
+    return bits
+
+
+def hash_distance(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
 class TesseractOcr:
     """Reads printed text with the tesseract binary (Debian `tesseract-ocr`)."""
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALL_INPUTS := pyproject.toml scripts/install.sh scripts/system-deps.sh scripts/constraints.txt
 
-.PHONY: serve test install install-dev lint bench bench-live bench-soak bench-turns
+.PHONY: serve test install install-dev lint bench bench-live bench-soak bench-turns bench-vision
 
 $(VENV)/.installed: $(INSTALL_INPUTS)
 	scripts/install.sh runtime
@@ -40,3 +40,6 @@ bench-soak: install-dev
 
 bench-turns: install-dev
 	$(BIN)/python -m benchmarks.turns
+
+bench-vision: install-dev
+	$(BIN)/python -m benchmarks.vision

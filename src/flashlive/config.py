@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     session_store: str = "memory"
     image_tokens: int = Field(default=258, ge=1)  # what one image counts as in usage
     audio_tokens_per_s: float = Field(default=32.0, gt=0)  # ... and a second of audio
+    video_tokens_per_s: float = Field(default=263.0, gt=0)  # ... and a second of video frames
+    video_fps: float = Field(default=1.0, gt=0, le=10)  # frames a second looked at in a video
     tts: str = Field(default="auto", pattern="^(auto|piper|espeak)$")  # auto: Piper, else espeak-ng
     cache_min_tokens: int = Field(default=128, ge=0)  # smaller cachedContents are refused
     cache_sweep_interval_s: float = Field(default=60.0, gt=0)  # how often expired caches go

@@ -14,7 +14,8 @@ import pytest
 from conftest import FAST_MODEL, INSTRUCT_MODEL, Server
 from google import genai
 from google.genai import errors, types
-from PIL import Image, ImageDraw, ImageFont
+from media import encoded, video
+from media import sign as board
 from speech import spoken
 from test_live import sdk_client, text_of, turn
 
@@ -27,11 +28,16 @@ def client(server: Server) -> genai.Client:
 
 
 def sign(text: str) -> bytes:
-    image = Image.new("RGB", (640, 240), (190, 20, 20))
-    ImageDraw.Draw(image).text((40, 70), text, fill="white", font=ImageFont.load_default(size=72))
-    out = io.BytesIO()
-    image.save(out, "JPEG")
-    return out.getvalue()
+    return encoded(board(text, (640, 240), font_size=72), "JPEG")
+
+
+def billed(response: types.GenerateContentResponse) -> dict[types.MediaModality | None, int]:
+    """Prompt tokens by modality; they must add up to the prompt count."""
+    usage = response.usage_metadata
+    assert usage is not None
+    details = {d.modality: d.token_count or 0 for d in usage.prompt_tokens_details or []}
+    assert usage.prompt_token_count == sum(details.values())
+    return details
 
 
 def test_the_model_reads_the_text_of_an_image(client: genai.Client) -> None:
@@ -44,11 +50,8 @@ def test_the_model_reads_the_text_of_an_image(client: genai.Client) -> None:
         config=types.GenerateContentConfig(max_output_tokens=16, temperature=0.0),
     )
     assert "BRIDGE CLOSED" in (response.text or "").upper()
-    usage = response.usage_metadata
-    assert usage is not None and usage.prompt_tokens_details is not None
-    details = {d.modality: d.token_count for d in usage.prompt_tokens_details}
-    assert details[types.MediaModality.IMAGE] == 258
-    assert details[types.MediaModality.TEXT] and usage.prompt_token_count == sum(details.values())
+    details = billed(response)
+    assert details[types.MediaModality.IMAGE] == 258 and details[types.MediaModality.TEXT]
 
 
 def test_count_tokens_agrees_with_generate_content(client: genai.Client) -> None:
@@ -61,20 +64,9 @@ def test_count_tokens_agrees_with_generate_content(client: genai.Client) -> None
     answered = client.models.generate_content(
         model=FAST_MODEL, contents=contents, config=types.GenerateContentConfig(max_output_tokens=2)
     )
-    assert answered.usage_metadata is not None
-    assert counted.total_tokens == answered.usage_metadata.prompt_token_count
-    listed = answered.usage_metadata.prompt_tokens_details or []
-    details = {d.modality: d.token_count for d in listed}
+    details = billed(answered)
+    assert counted.total_tokens == sum(details.values())
     assert details[types.MediaModality.IMAGE] == 2 * 258
-
-
-def test_a_corrupt_image_is_a_400(client: genai.Client) -> None:
-    with pytest.raises(errors.ClientError) as failure:
-        client.models.generate_content(
-            model=FAST_MODEL,
-            contents=[types.Part.from_bytes(data=b"\xff\xd8 broken", mime_type="image/jpeg"), "hi"],
-        )
-    assert failure.value.code == 400 and "not a readable image" in str(failure.value)
 
 
 def test_a_50_mb_image_is_a_413(server: Server) -> None:
@@ -113,21 +105,10 @@ def test_an_audio_part_is_heard_and_billed_as_audio(client: genai.Client, tmp_pa
         config=types.GenerateContentConfig(max_output_tokens=8, temperature=0.0),
     )
     assert "paris" in (response.text or "").lower()
-    usage = response.usage_metadata
-    assert usage is not None
-    details = {d.modality: d.token_count for d in usage.prompt_tokens_details or []}
+    details = billed(response)
     assert details[types.MediaModality.AUDIO] == math.ceil(len(pcm) / 2 / 16000 * 32)
     counted = client.models.count_tokens(model=INSTRUCT_MODEL, contents=contents)
-    assert counted.total_tokens == usage.prompt_token_count == sum(details.values())
-
-
-def test_unreadable_audio_is_a_400(client: genai.Client) -> None:
-    with pytest.raises(errors.ClientError) as failure:
-        client.models.generate_content(
-            model=FAST_MODEL,
-            contents=[types.Part.from_bytes(data=b"ID3 not mp3" * 9, mime_type="audio/mpeg"), "?"],
-        )
-    assert failure.value.code == 400 and "not readable audio" in str(failure.value)
+    assert counted.total_tokens == sum(details.values())
 
 
 async def test_a_live_session_reads_the_sign_its_camera_shows(
@@ -146,3 +127,42 @@ async def test_a_live_session_reads_the_sign_its_camera_shows(
         await session.send_realtime_input(text="What does the sign say? Only its words.")
         messages = await turn(session)
     assert "GATE 7" in text_of(messages).upper()
+
+
+def test_a_video_is_watched_in_time_order_and_billed_as_video(client: genai.Client) -> None:
+    clip = video(["RED", "GREEN", "BLUE"])
+    contents = [
+        types.Part.from_bytes(data=clip, mime_type="video/mp4"),
+        "List the words shown in the video, in the order they appear, separated by commas.",
+    ]
+    response = client.models.generate_content(
+        model=INSTRUCT_MODEL,
+        contents=contents,
+        config=types.GenerateContentConfig(max_output_tokens=16, temperature=0.0),
+    )
+    answer = (response.text or "").upper()
+    assert 0 <= answer.find("RED") < answer.find("GREEN") < answer.find("BLUE"), answer
+    details = billed(response)
+    assert 3 * 263 <= details[types.MediaModality.VIDEO] <= math.ceil(3.2 * 263)
+    assert 3 * 32 <= details[types.MediaModality.AUDIO] <= math.ceil(3.2 * 32)  # the sound track
+    counted = client.models.count_tokens(model=INSTRUCT_MODEL, contents=contents)
+    assert counted.total_tokens == sum(details.values())
+
+
+@pytest.mark.parametrize(
+    ("data", "mime", "complaint"),
+    [
+        (b"\xff\xd8 broken", "image/jpeg", "not a readable image"),
+        (b"ID3 not mp3" * 9, "audio/mpeg", "not readable audio"),
+        (b"\x00\x00\x00\x18ftyp?", "video/mp4", "not a readable video"),
+    ],
+)
+def test_unreadable_media_is_a_400_naming_the_part(
+    client: genai.Client, data: bytes, mime: str, complaint: str
+) -> None:
+    with pytest.raises(errors.ClientError) as failure:
+        client.models.generate_content(
+            model=FAST_MODEL, contents=["Look:", types.Part.from_bytes(data=data, mime_type=mime)]
+        )
+    assert failure.value.code == 400 and complaint in str(failure.value)
+    assert "contents[0].parts[1].inlineData" in str(failure.value)

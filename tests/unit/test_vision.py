@@ -5,18 +5,16 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from media import encoded
+from media import sign as board
+from PIL import Image
 
 from flashlive.errors import InvalidArgument
 from flashlive.perception.vision import EmbeddedVision, TesseractOcr, _likely, decode_image
 
 
-def sign(text: str, fmt: str = "PNG", size: tuple[int, int] = (640, 240)) -> bytes:
-    image = Image.new("RGB", size, (190, 20, 20))
-    ImageDraw.Draw(image).text((40, 70), text, fill="white", font=ImageFont.load_default(size=72))
-    out = io.BytesIO()
-    image.save(out, fmt)
-    return out.getvalue()
+def sign(text: str, fmt: str = "PNG") -> bytes:
+    return encoded(board(text, (640, 240), font_size=72), fmt)
 
 
 @pytest.mark.parametrize(

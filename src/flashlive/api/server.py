@@ -169,7 +169,10 @@ async def serve(settings: Settings) -> None:
         prefixes=prefixes,
         vision=vision,
         transcribe=transcribe,
-        media_tokens=MediaTokens(settings.image_tokens, settings.audio_tokens_per_s),
+        media_tokens=MediaTokens(
+            settings.image_tokens, settings.audio_tokens_per_s, settings.video_tokens_per_s
+        ),
+        video_fps=settings.video_fps,
     )
     caches = CacheRegistry(settings.data_dir, min_tokens=settings.cache_min_tokens)
     usage = usage_setup(settings)

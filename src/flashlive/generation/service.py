@@ -18,6 +18,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from PIL import Image
+
 from flashlive.cache.kv import PrefixStore
 from flashlive.engine import FinishCause, PrefixState, SamplingParams, common_prefix
 from flashlive.errors import FlashliveError, InvalidArgument
@@ -36,7 +38,8 @@ from flashlive.generation.schema import function_call_schema, to_json_schema
 from flashlive.generation.text import MarkerSplit, StopMatcher, WhitespaceTrim
 from flashlive.models import LoadedModel, ModelManager
 from flashlive.perception.audio import INPUT_RATE, FloatArray, decode_audio
-from flashlive.perception.vision import Vision
+from flashlive.perception.video import decode_video
+from flashlive.perception.vision import Vision, frame_signature, same_scene
 from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
     Content,
@@ -75,6 +78,7 @@ _TOOL_BLOCK = re.compile(
 # A prompt at least this long leaves its state behind for later requests that begin the same way.
 IMPLICIT_MIN_TOKENS = 1024
 MAX_AUDIO_PART_S = 600.0  # longer audio parts are refused: transcription takes ~1/10 real time
+MAX_VIDEO_PART_S = 300.0  # ... and longer videos: each changed frame takes ~0.25 s to look at
 CACHE_WITH_OVERRIDES = (
     "CachedContent can not be used with GenerateContent request setting system_instruction, "
     "tools or tool_config. Proposed fix: move those values to CachedContent."
@@ -114,7 +118,8 @@ class Prepared:
     state_key: str | None = None  # a conversation that keeps its own state between turns
     images: int = 0  # images in the prompt, each seen as an observation's text
     audio_seconds: float = 0.0  # audio in the prompt, heard as a transcript
-    observed_tokens: int = 0  # the tokens of those texts, billed as images and audio instead
+    video_seconds: float = 0.0  # video in the prompt, watched as observations over time
+    observed_tokens: int = 0  # the tokens of those texts, billed as media instead
 
     def prompt_details(self, rates: MediaTokens) -> list[ModalityTokenCount]:
         """Prompt tokens by modality, as usage reports (and bills) them."""
@@ -127,13 +132,14 @@ class Prepared:
             details.append(
                 ModalityTokenCount(modality=Modality.IMAGE, token_count=self.images * rates.image)
             )
-        if self.audio_seconds:
-            details.append(
-                ModalityTokenCount(
-                    modality=Modality.AUDIO,
-                    token_count=math.ceil(self.audio_seconds * rates.audio_per_s),
+        for modality, seconds, rate in (
+            (Modality.VIDEO, self.video_seconds, rates.video_per_s),
+            (Modality.AUDIO, self.audio_seconds, rates.audio_per_s),
+        ):
+            if seconds:
+                details.append(
+                    ModalityTokenCount(modality=modality, token_count=math.ceil(seconds * rate))
                 )
-            )
         return details
 
 
@@ -145,6 +151,7 @@ class Perceived:
     observations: list[str] = field(default_factory=list)
     images: int = 0
     audio_seconds: float = 0.0
+    video_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,7 @@ class MediaTokens:
 
     image: int = 258  # per image
     audio_per_s: float = 32.0
+    video_per_s: float = 263.0  # the frames; a sound track counts as audio besides
 
 
 @dataclass
@@ -176,7 +184,9 @@ class GenerationService:
         vision: Vision | None = None,
         transcribe: Callable[[FloatArray], Awaitable[str]] | None = None,
         media_tokens: MediaTokens | None = None,
+        video_fps: float = 1.0,
     ) -> None:
+        self.video_fps = video_fps  # frames a second looked at in a video part
         self._models = models
         self._vision = vision
         self._transcribe = transcribe  # 16 kHz speech → text
@@ -278,6 +288,7 @@ class GenerationService:
         return Prepared(
             images=perceived.images,
             audio_seconds=perceived.audio_seconds,
+            video_seconds=perceived.video_seconds,
             observed_tokens=sum(loaded.engine.count_tokens(o) for o in perceived.observations),
             prefix_key=f"{loaded.spec.id}:{cached.name}" if cached is not None else None,
             prefix_len=prefix_len,
@@ -299,7 +310,7 @@ class GenerationService:
             for i, content in enumerate(request.contents)
             for j, part in enumerate(content.parts)
             if part.inline_data is not None
-            and part.inline_data.mime_type.lower().startswith(("image/", "audio/"))
+            and part.inline_data.mime_type.lower().startswith(("image/", "audio/", "video/"))
         ]
         perceived = Perceived(request)
         if not found:
@@ -315,6 +326,8 @@ class GenerationService:
             try:
                 if mime.startswith("image/"):
                     text = await self._look(data, mime.split(";")[0].strip(), perceived)
+                elif mime.startswith("video/"):
+                    text = await self._watch(data, mime, perceived)
                 else:
                     text = await self._listen(data, mime, perceived)
             except InvalidArgument as exc:
@@ -332,9 +345,14 @@ class GenerationService:
         return f"[image {perceived.images}: {seen.text}]\n"
 
     async def _listen(self, data: bytes, mime: str, perceived: Perceived) -> str:
+        samples = await asyncio.to_thread(decode_audio, data, mime)
+        return (
+            f"[audio, {samples.size / INPUT_RATE:.1f} s: {await self._hear(samples, perceived)}]\n"
+        )
+
+    async def _hear(self, samples: FloatArray, perceived: Perceived) -> str:
         if self._transcribe is None:
             raise InvalidArgument("this server has no speech recognition: audio cannot be read")
-        samples = await asyncio.to_thread(decode_audio, data, mime)
         seconds = samples.size / INPUT_RATE
         if seconds > MAX_AUDIO_PART_S:
             raise InvalidArgument(
@@ -342,8 +360,26 @@ class GenerationService:
             )
         said = await self._transcribe(samples)
         perceived.audio_seconds += seconds
-        heard = f"'{said}'" if said else "no speech"
-        return f"[audio, {seconds:.1f} s: {heard}]\n"
+        return f"'{said}'" if said else "no speech"
+
+    async def _watch(self, data: bytes, mime: str, perceived: Perceived) -> str:
+        """A video: what its sampled frames show, in time order (a scene as long as it lasts),
+        and what its sound track says."""
+        vision = self._vision
+        if vision is None:
+            raise InvalidArgument("this server has no vision stage: video cannot be read")
+        clip = await asyncio.to_thread(
+            decode_video, data, mime, fps=self.video_fps, max_seconds=MAX_VIDEO_PART_S
+        )
+        scenes = await asyncio.to_thread(_scenes, vision, clip.frames)
+        perceived.video_seconds += clip.seconds
+        shown = "; ".join(
+            f"{start:.0f}-{end:.0f} s: {text}" for start, end, text in _spans(scenes, clip.seconds)
+        )
+        sound = (
+            f" | sound: {await self._hear(clip.audio, perceived)}" if clip.audio is not None else ""
+        )
+        return f"[video, {clip.seconds:.1f} s: {shown}{sound}]\n"
 
     async def _cached(
         self,
@@ -639,6 +675,31 @@ class GenerationService:
             model_version=prepared.model.spec.id,
             response_id=response_id,
         )
+
+
+def _scenes(vision: Vision, frames: list[tuple[float, Image.Image]]) -> list[tuple[float, str]]:
+    """(start, what is seen) for each frame, a frame like the one before taking its text."""
+    seen: list[tuple[float, str]] = []
+    last: bytes | None = None
+    for at, image in frames:
+        shape = frame_signature(image)
+        if last is not None and same_scene(shape, last):
+            seen.append((at, seen[-1][1]))
+        else:
+            seen.append((at, vision.observe_image(image).text))
+        last = shape
+    return seen
+
+
+def _spans(scenes: list[tuple[float, str]], end: float) -> list[tuple[float, float, str]]:
+    """Runs of frames that show the same thing, as (start, end, text)."""
+    spans: list[tuple[float, float, str]] = []
+    for (at, text), (following, _) in zip(scenes, [*scenes[1:], (end, "")], strict=True):
+        if spans and spans[-1][2] == text:
+            spans[-1] = (spans[-1][0], following, text)
+        else:
+            spans.append((at, following, text))
+    return spans
 
 
 def _held(prepared: Prepared) -> int:

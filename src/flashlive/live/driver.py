@@ -75,7 +75,7 @@ from flashlive.perception.vad import (
     VadEvent,
     VadStream,
 )
-from flashlive.perception.vision import IMAGE_MIMES, decode_image, frame_hash, hash_distance
+from flashlive.perception.vision import IMAGE_MIMES, decode_image, frame_signature, same_scene
 from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
     Blob,
@@ -119,7 +119,6 @@ FIRST_PIECE_WORDS = 3  # speech starts after this many words, even mid-sentence
 ANSWER_RESERVE = 1024  # context kept free for an answer when maxOutputTokens is not set
 PREFILL_RETRY_S = 0.5  # a context computed between turns waits this long for an idle engine
 TAKEOVER_WAIT_S = 5.0  # how long a resumed session waits for its old connection to end
-SAME_SCENE_BITS = 6  # frames whose 64-bit difference hashes differ in no more bits look alike
 
 
 class Transport(Protocol):
@@ -572,15 +571,15 @@ class LiveSession:
         vision = self.services.vision
         if vision is None:
             return
-        last: int | None = None
+        last: bytes | None = None
         while True:
             frame = await self.frames.get()
             try:
                 image = await asyncio.to_thread(decode_image, frame.data, frame.mime)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"a video frame: {exc.message}") from None
-            shape = await asyncio.to_thread(frame_hash, image)
-            if last is not None and hash_distance(shape, last) <= SAME_SCENE_BITS:
+            shape = await asyncio.to_thread(frame_signature, image)
+            if last is not None and same_scene(shape, last):
                 continue
             last = shape
             seen = await asyncio.to_thread(vision.observe, frame.data, frame.mime)

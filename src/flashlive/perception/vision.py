@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from flashlive.errors import InvalidArgument
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 IMAGE_MIMES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
 MAX_PIXELS = 50_000_000  # larger images are refused before they are decoded in full
 OCR_TIMEOUT_S = 20.0
+# Tesseract's automatic page layout: "sparse text" (11) read nothing on signs against a
+# textured wall or inside a border, where this read 5 of 6 (benchmarks/vision.py's signs).
+PAGE_SEGMENTATION = "3"
 OCR_MAX_SIDE = 2000  # tesseract reads larger images no better and much slower
 MAX_TEXT_CHARS = 400  # an observation stays a line, not a page
 SEEN_CACHE = 256  # observations kept by image hash
@@ -52,6 +57,10 @@ class Observation:
 class Vision(Protocol):
     def observe(self, image: bytes, mime_type: str) -> Observation:
         """Look at an encoded image (blocking: callers run it in a worker thread)."""
+        ...
+
+    def observe_image(self, image: Image.Image) -> Observation:
+        """Look at a decoded RGB image, a video frame say (blocking, as `observe`)."""
         ...
 
 
@@ -96,20 +105,24 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
-def frame_hash(image: Image.Image) -> int:
-    """A 64-bit difference hash: frames that look alike to a person differ in few bits, so a
-    camera pointed at an unchanged scene is not looked at again (JPEG noise changes bytes)."""
-    small = image.convert("L").resize((9, 8), Image.Resampling.BILINEAR)
-    pixels = small.tobytes()
-    bits = 0
-    for row in range(8):
-        for col in range(8):
-            bits = (bits << 1) | (pixels[row * 9 + col] > pixels[row * 9 + col + 1])
-    return bits
+def frame_signature(image: Image.Image) -> bytes:
+    """A 32x24 grey thumbnail: enough to tell whether a frame shows something new.
+
+    Each cell averages hundreds of pixels, so camera and JPEG noise mostly cancel out, while a
+    changed word on a sign still moves some cells a long way.
+    """
+    return image.convert("L").resize(SIGNATURE_SIZE, Image.Resampling.BOX).tobytes()
 
 
-def hash_distance(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
+SIGNATURE_SIZE = (32, 24)
+SAME_SCENE_MAX_STEP = 24  # no cell moved more than this (of 255): the same scene to a person
+
+
+def same_scene(a: bytes, b: bytes) -> bool:
+    if len(a) != len(b):
+        return False
+    step = np.abs(np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8))
+    return int(step.max()) <= SAME_SCENE_MAX_STEP
 
 
 class TesseractOcr:
@@ -130,11 +143,13 @@ class TesseractOcr:
         png = io.BytesIO()
         image.save(png, "PNG")
         done = subprocess.run(
-            [self._binary, "stdin", "stdout", "-l", "eng", "--psm", "11"],
+            [self._binary, "stdin", "stdout", "-l", "eng", "--psm", PAGE_SEGMENTATION],
             input=png.getvalue(),
             capture_output=True,
             timeout=OCR_TIMEOUT_S,
             check=False,
+            # One thread: OCR shares two cores with speech recognition and the language model.
+            env={**os.environ, "OMP_THREAD_LIMIT": "1"},
         )
         if done.returncode != 0:
             log.warning("tesseract failed: %s", done.stderr.decode(errors="replace")[:200])
@@ -179,7 +194,17 @@ class EmbeddedVision:
                 return seen
         began = time.perf_counter()
         decoded = decode_image(image, mime_type)
-        seconds = {"decode": time.perf_counter() - began}
+        observation = self._look(decoded, {"decode": time.perf_counter() - began})
+        with self._lock:
+            self._seen[key] = observation
+            while len(self._seen) > SEEN_CACHE:
+                self._seen.popitem(last=False)
+        return observation
+
+    def observe_image(self, image: Image.Image) -> Observation:
+        return self._look(image, {})
+
+    def _look(self, decoded: Image.Image, seconds: dict[str, float]) -> Observation:
         phrases: list[str] = []
         for name, stage in self._stages:
             began = time.perf_counter()
@@ -188,15 +213,10 @@ class EmbeddedVision:
             if phrase:
                 phrases.append(phrase)
         width, height = decoded.size
-        observation = Observation(
+        return Observation(
             "; ".join(phrases) if phrases else f"a {width}x{height} image; nothing recognised",
             seconds,
         )
-        with self._lock:
-            self._seen[key] = observation
-            while len(self._seen) > SEEN_CACHE:
-                self._seen.popitem(last=False)
-        return observation
 
 
 def _likely(labels: list[tuple[str, float]]) -> str | None:

@@ -1,0 +1,68 @@
+"""Video files → frames sampled over time, and the audio track, for the vision and ASR stages."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from PIL import Image
+
+from flashlive.errors import InvalidArgument
+from flashlive.perception.audio import INPUT_RATE, FloatArray
+
+VIDEO_MIMES = frozenset({"video/mp4", "video/webm", "video/quicktime", "video/x-matroska"})
+
+
+@dataclass
+class Clip:
+    """What a video holds, as the perception stages take it."""
+
+    frames: list[tuple[float, Image.Image]]  # (seconds from the start, RGB image), in order
+    seconds: float  # its duration
+    audio: FloatArray | None  # the sound track at 16 kHz mono, when there is one
+
+
+def decode_video(data: bytes, mime: str, *, fps: float, max_seconds: float) -> Clip:
+    """`fps` frames a second (the first frame at or after each sampling time) and the audio."""
+    base = mime.split(";")[0].strip().lower()
+    if base not in VIDEO_MIMES:
+        known = ", ".join(sorted(VIDEO_MIMES))
+        raise InvalidArgument(f"{mime} is not a video type this server reads (one of {known})")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise InvalidArgument(f"the {mime} data has no video stream")
+            stream = container.streams.video[0]
+            step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
+            frames: list[tuple[float, Image.Image]] = []
+            due = 0.0
+            last = 0.0
+            for frame in container.decode(video=0):
+                at = float(frame.time or 0.0)
+                last = max(last, at)
+                if at > max_seconds:
+                    raise InvalidArgument(f"the video is longer than {max_seconds:.0f} s")
+                if at + 1e-6 >= due:
+                    frames.append((at, frame.to_image().convert("RGB")))  # type: ignore[no-untyped-call]
+                    due += 1.0 / fps
+                    while due <= at:
+                        due += 1.0 / fps
+            stated = float(container.duration or 0) / av.time_base
+            duration = stated if stated > 0 else last + step
+    except av.error.FFmpegError as exc:
+        raise InvalidArgument(f"the {mime} data is not a readable video: {exc}") from None
+    if not frames:
+        raise InvalidArgument(f"the {mime} data holds no frames")
+    return Clip(frames, min(duration, max_seconds), _sound_track(data))
+
+
+def _sound_track(data: bytes) -> FloatArray | None:
+    from faster_whisper.audio import decode_audio
+
+    try:
+        samples = decode_audio(io.BytesIO(data), sampling_rate=INPUT_RATE)
+    except (IndexError, av.error.FFmpegError):  # no audio stream, or one that cannot be read
+        return None
+    return np.asarray(samples, dtype=np.float32) if samples.size else None

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--session-store", help="memory (default), sqlite, sqlite:///path or redis://host:port/db"
     )
+    serve.add_argument("--vision-model", type=Path, help="a multimodal .gguf that looks at images")
+    serve.add_argument("--mmproj", type=Path, help="its projector .gguf (with --vision-model)")
     serve.add_argument("--image-tokens", type=int, help="tokens one image counts as (258)")
     serve.add_argument(
         "--audio-tokens-per-s", type=float, help="tokens a second of audio counts as"

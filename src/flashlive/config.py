@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # Where resumption state and ephemeral tokens live: memory, sqlite (in the data dir),
     # sqlite:////abs/path, or redis://host:port/db.
     session_store: str = "memory"
+    # A multimodal GGUF and its projector: images are then seen by that model (llama.cpp)
+    # instead of the embedded OCR and labels.
+    vision_model: Path | None = None
+    mmproj: Path | None = None
     image_tokens: int = Field(default=258, ge=1)  # what one image counts as in usage
     audio_tokens_per_s: float = Field(default=32.0, gt=0)  # ... and a second of audio
     video_tokens_per_s: float = Field(default=263.0, gt=0)  # ... and a second of video frames

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
+from pathlib import Path
+from typing import Any
 
 import pytest
 from media import encoded
@@ -10,7 +13,13 @@ from media import sign as board
 from PIL import Image
 
 from flashlive.errors import InvalidArgument
-from flashlive.perception.vision import EmbeddedVision, TesseractOcr, _likely, decode_image
+from flashlive.perception.vision import (
+    EmbeddedVision,
+    NativeVision,
+    TesseractOcr,
+    _likely,
+    decode_image,
+)
 
 
 def sign(text: str, fmt: str = "PNG") -> bytes:
@@ -91,3 +100,48 @@ def test_an_image_seen_before_is_not_looked_at_again() -> None:
     other = vision.observe(sign("B"), "image/png")
     assert first is again and first.text == "a stage ran" and other is not first
     assert len(calls) == 2
+
+
+class FakeChatModel:
+    """Stands in for a multimodal llama.cpp model: records what it was shown."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.shown: list[Image.Image] = []
+
+    def create_chat_completion(
+        self, *, messages: Any, max_tokens: int, temperature: float
+    ) -> dict[str, Any]:
+        content = messages[0]["content"]
+        url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
+        header, data = url.split(",", 1)
+        assert header == "data:image/png;base64"
+        self.shown.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+        assert any(c["type"] == "text" for c in content) and max_tokens > 0
+        return {"choices": [{"message": {"role": "assistant", "content": self.reply}}]}
+
+
+def test_a_multimodal_model_is_shown_the_image_and_its_words_are_the_observation() -> None:
+    model = FakeChatModel("  A red sign that says\n'STOP HERE'. ")
+    vision = NativeVision(model)
+    data = sign("STOP HERE", "JPEG")
+    seen = vision.observe(data, "image/jpeg")
+    assert seen.text == "A red sign that says 'STOP HERE'."
+    assert model.shown[0].size == (640, 240)
+    assert vision.observe(data, "image/jpeg") is seen and len(model.shown) == 1  # seen before
+    with pytest.raises(InvalidArgument):
+        vision.observe(b"broken", "image/png")
+    assert len(model.shown) == 1  # an unreadable image never reaches the model
+
+
+def test_a_missing_vision_model_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        NativeVision.load(tmp_path / "model.gguf", tmp_path / "mmproj.gguf")
+
+
+def test_a_vision_model_needs_its_projector(tmp_path: Path) -> None:
+    from flashlive.api.server import load_vision
+    from flashlive.config import Settings
+
+    with pytest.raises(SystemExit, match="go together"):
+        load_vision(Settings(vision_model=tmp_path / "model.gguf"))

@@ -28,7 +28,7 @@ from flashlive.ledger import PriceTable, open_ledger
 from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
 from flashlive.perception.audio import INPUT_RATE, FloatArray
-from flashlive.perception.vision import EmbeddedVision
+from flashlive.perception.vision import EmbeddedVision, NativeVision, Vision
 from flashlive.quota import QuotaLimits, Quotas, load_overrides
 from flashlive.store import open_store
 from flashlive.tls import TlsFiles, ensure_local_tls, user_tls
@@ -61,6 +61,17 @@ def keep_large_blocks_in_mmap() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     except (OSError, AttributeError):
         log.debug("not glibc: the allocator keeps its defaults")
+
+
+def load_vision(settings: Settings) -> Vision:
+    if (settings.vision_model is None) != (settings.mmproj is None):
+        raise SystemExit("--vision-model and --mmproj go together")
+    if settings.vision_model is None or settings.mmproj is None:
+        return EmbeddedVision.load(settings.models_dir)
+    try:
+        return NativeVision.load(settings.vision_model, settings.mmproj, threads=settings.threads)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"the vision model did not load: {exc}") from None
 
 
 def is_loopback(host: str) -> bool:
@@ -162,7 +173,7 @@ async def serve(settings: Settings) -> None:
         ]
         return " ".join(p for p in pieces if p)
 
-    vision = EmbeddedVision.load(settings.models_dir)  # shared by REST and Live
+    vision = load_vision(settings)  # shared by REST and Live
     service = GenerationService(
         models,
         output_token_limit=settings.output_token_limit,

@@ -12,6 +12,7 @@ interface and return its own observation.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
@@ -24,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -230,3 +231,84 @@ def _quoted_text(text: str) -> str | None:
     if len(text) > MAX_TEXT_CHARS:
         text = text[:MAX_TEXT_CHARS].rsplit(" ", 1)[0] + " …"
     return f"text: '{text}'"
+
+
+DESCRIBE_PROMPT = (
+    "Describe this image in one or two short sentences for someone who cannot see it. "
+    "Quote any text in it exactly."
+)
+DESCRIBE_MAX_TOKENS = 96
+
+
+class ChatModel(Protocol):
+    """The slice of llama-cpp-python's `Llama` a multimodal describer needs."""
+
+    def create_chat_completion(
+        self, *, messages: Any, max_tokens: int, temperature: float
+    ) -> Any: ...
+
+
+class NativeVision:
+    """A multimodal GGUF (model + `mmproj` projector) looks at the image itself, through
+    llama.cpp, and says what it sees; the language model gets that text as the observation."""
+
+    def __init__(self, model: ChatModel) -> None:
+        self._model = model
+        self._lock = threading.Lock()  # one llama.cpp context: one image at a time
+        self._seen: OrderedDict[str, Observation] = OrderedDict()
+
+    @classmethod
+    def load(
+        cls, model_path: Path, mmproj_path: Path, *, threads: int | None = None
+    ) -> NativeVision:
+        """Blocking: loads the model and its projector (seconds)."""
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import MTMDChatHandler
+
+        for path in (model_path, mmproj_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist")
+        handler = MTMDChatHandler(clip_model_path=str(mmproj_path), verbose=False, use_gpu=False)
+        model = Llama(
+            model_path=str(model_path),
+            chat_handler=handler,
+            n_ctx=4096,
+            n_threads=threads,
+            verbose=False,
+        )
+        return cls(model)
+
+    def observe(self, image: bytes, mime_type: str) -> Observation:
+        key = hashlib.sha256(image).hexdigest()
+        with self._lock:
+            seen = self._seen.get(key)
+        if seen is not None:
+            return seen
+        decoded = decode_image(image, mime_type)  # refuse what cannot be read before the model
+        observation = self.observe_image(decoded)
+        with self._lock:
+            self._seen[key] = observation
+            while len(self._seen) > SEEN_CACHE:
+                self._seen.popitem(last=False)
+        return observation
+
+    def observe_image(self, image: Image.Image) -> Observation:
+        png = io.BytesIO()
+        image.save(png, "PNG")
+        url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "text", "text": DESCRIBE_PROMPT},
+                ],
+            }
+        ]
+        began = time.perf_counter()
+        with self._lock:
+            reply = self._model.create_chat_completion(
+                messages=messages, max_tokens=DESCRIBE_MAX_TOKENS, temperature=0.0
+            )
+        text = " ".join(str(reply["choices"][0]["message"]["content"] or "").split())
+        return Observation(text or "nothing recognised", {"describe": time.perf_counter() - began})

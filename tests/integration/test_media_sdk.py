@@ -17,7 +17,7 @@ from google.genai import errors, types
 from media import encoded, video
 from media import sign as board
 from speech import spoken
-from test_live import sdk_client, text_of, turn
+from test_live import sdk_client, send_speech, text_of, transcript, turn
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -111,21 +111,34 @@ def test_an_audio_part_is_heard_and_billed_as_audio(client: genai.Client, tmp_pa
     assert counted.total_tokens == sum(details.values())
 
 
-async def test_a_live_session_reads_the_sign_its_camera_shows(
-    server: Server, monkeypatch: pytest.MonkeyPatch
+async def test_a_live_session_reads_the_sign_its_camera_shows_when_asked_aloud(
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    question = spoken("What does the sign say?", tmp_path)
     client = sdk_client(server, monkeypatch)
     config = types.LiveConnectConfig(
-        response_modalities=["TEXT"], max_output_tokens=16, temperature=0.0
+        response_modalities=["TEXT"],
+        max_output_tokens=16,
+        temperature=0.0,
+        input_audio_transcription=types.AudioTranscriptionConfig(),
     )
     async with client.aio.live.connect(model=INSTRUCT_MODEL, config=config) as session:
-        for _ in range(3):  # a camera sends a frame a second; the scene does not change
-            await session.send_realtime_input(
-                video=types.Blob(data=sign("GATE 7"), mime_type="image/jpeg")
-            )
-            await asyncio.sleep(1.0)
-        await session.send_realtime_input(text="What does the sign say? Only its words.")
-        messages = await turn(session)
+
+        async def camera() -> None:  # a frame a second, as a phone camera sends them
+            while True:
+                frame = types.Blob(data=sign("GATE 7"), mime_type="image/jpeg")
+                await session.send_realtime_input(video=frame)
+                await asyncio.sleep(1.0)
+
+        frames = asyncio.create_task(camera())
+        try:
+            await asyncio.sleep(1.5)
+            speaking = asyncio.create_task(send_speech(session, question))
+            messages = await turn(session)
+            await speaking
+        finally:
+            frames.cancel()
+    assert "sign" in transcript(messages, "input_transcription").lower()
     assert "GATE 7" in text_of(messages).upper()
 
 

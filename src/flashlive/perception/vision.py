@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from flashlive.errors import InvalidArgument
+from flashlive.perception.bodies import BodyDetector
 from flashlive.perception.labels import Labeler
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,12 @@ class EmbeddedVision:
             stages.append(("ocr", lambda image: _quoted_text(ocr.read(image))))
         else:
             log.warning("tesseract is not installed: images are described without their text")
+        try:
+            bodies = BodyDetector.load()
+        except Exception as exc:  # mediapipe missing or on another protobuf: bodies are optional
+            log.warning("faces, hands and pose are off: %s", exc)
+        else:
+            stages.append(("bodies", bodies.describe))
         try:
             labeler = Labeler.load(cache_dir)
         except Exception as exc:  # a missing or damaged weights package: labels are optional

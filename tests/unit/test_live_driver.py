@@ -21,6 +21,7 @@ from PIL import Image
 
 from flashlive.api.live import serve_session
 from flashlive.errors import NotFound
+from flashlive.generation.service import MediaTokens
 from flashlive.ledger.records import UsageRecord
 from flashlive.live.driver import LiveSession
 from flashlive.live.services import LiveLimits, LiveServices, Perception
@@ -101,6 +102,7 @@ class FakeGeneration:
         self.finished = 0
         self.state_keys: set[str] = set()
         self.forgotten: list[str] = []
+        self.media_tokens = MediaTokens()
 
     async def prepare(
         self, model: str, request: GenerateContentRequest, resolve_cache: object = None
@@ -666,7 +668,11 @@ async def test_what_the_camera_shows_joins_the_next_user_turn_once() -> None:
             await asyncio.sleep(0.01)
     transport.client(frame((200, 30, 30)))  # the same scene: not looked at again
     transport.client({"realtimeInput": {"text": "what do you see?"}})
-    await transport.wait_for(has("turnComplete"))
+    done = await transport.wait_for(has("turnComplete"))
+    # The view is billed as one image; the engine's 7-token prompt less the view's text is TEXT.
+    billed = {d["modality"]: d["tokenCount"] for d in done["usageMetadata"]["promptTokensDetails"]}
+    assert billed["IMAGE"] == 258 and 0 <= billed["TEXT"] < 7
+    assert done["usageMetadata"]["promptTokenCount"] == sum(billed.values())
     user = generation.requests[-1].contents[-1]
     assert user.parts[0].text is not None and user.parts[0].text.startswith("[camera: a sign")
     assert user.parts[1].text == "what do you see?"

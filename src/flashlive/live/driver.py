@@ -895,6 +895,7 @@ class ModelTurn:
     usage: UsageMetadata | None = None  # arrives with the last chunk
     chunks: int = 0  # streamed pieces: the output count of a turn cut off before its usage
     recorded: bool = False
+    views: tuple[int, int] = (0, 0)  # camera views in the prompt, and the tokens of their text
 
     @classmethod
     def start(
@@ -909,7 +910,9 @@ class ModelTurn:
         """Start answering `user`: a draft ahead of its commit, or (`committed`) a user turn
         the history already holds."""
         turn = cls(session, user, transcript, session.conversation.version)
-        request = session.conversation.request(session.conf.base, None if committed else user)
+        asked = None if committed else user
+        request = session.conversation.request(session.conf.base, asked)
+        turn.views = session.conversation.views(asked)
         if answers_tools:
             # Small models tend to call the same function again rather than use its result:
             # the answer to a tool response is text.
@@ -957,19 +960,23 @@ class ModelTurn:
         config = self.session.conf
         out = "AUDIO" if config.modality is ResponseModality.AUDIO else "TEXT"
         usage = self.usage
-        prompt = usage.prompt_token_count if usage else 0
         output = (usage.candidates_token_count or 0) if usage else self.chunks
+        billed = self.live_usage().prompt_tokens_details or []
         return UsageRecord(
             request_id=uuid.uuid4().hex,
             time=utc_now(),
             key_hash=self.session.key_hash,
             model=config.model,
             method="live.turn",
-            input_tokens={"TEXT": prompt} if prompt else {},
+            input_tokens={str(d.modality): d.token_count for d in billed if d.token_count},
             output_tokens={out: output} if output else {},
             latency_s=time.monotonic() - self.started,
             status=499 if self.interrupted else 200,
         )
+
+    def live_usage(self) -> LiveUsageMetadata:
+        image_tokens = self.session.services.generation.media_tokens.image
+        return _live_usage(self.usage, self.session.conf.modality, self.views, image_tokens)
 
     def cancel(self) -> None:
         for task in self.tasks:
@@ -1035,7 +1042,7 @@ class ModelTurn:
             self.put(ServerMessage(tool_call=ToolCall(function_calls=self.calls)))
         else:
             self.put(_content(generation_complete=True))
-        live_usage = _live_usage(self.usage, config.modality)
+        live_usage = self.live_usage()
         if self.calls:
             self.put(ServerMessage(usage_metadata=live_usage))
         else:
@@ -1147,15 +1154,27 @@ def _content(**fields: Any) -> ServerMessage:
     return ServerMessage(server_content=ServerContent(**fields))
 
 
-def _live_usage(usage: UsageMetadata | None, modality: ResponseModality) -> LiveUsageMetadata:
-    prompt = usage.prompt_token_count if usage else 0
+def _live_usage(
+    usage: UsageMetadata | None,
+    modality: ResponseModality,
+    views: tuple[int, int],
+    image_tokens: int,
+) -> LiveUsageMetadata:
+    """A turn's usage; the camera views in its prompt count as images, not as their text."""
+    engine_prompt = usage.prompt_token_count if usage else 0
     response = (usage.candidates_token_count or 0) if usage else 0
     out = Modality.AUDIO if modality is ResponseModality.AUDIO else Modality.TEXT
+    seen, seen_text = views
+    text = max(engine_prompt - seen_text, 0)
+    details = [ModalityTokenCount(modality=Modality.TEXT, token_count=text)]
+    if seen and usage is not None:
+        details.append(ModalityTokenCount(modality=Modality.IMAGE, token_count=seen * image_tokens))
+    prompt = sum(d.token_count for d in details)
     return LiveUsageMetadata(
         prompt_token_count=prompt,
         cached_content_token_count=usage.cached_content_token_count if usage else None,
         response_token_count=response,
         total_token_count=prompt + response,
-        prompt_tokens_details=[ModalityTokenCount(modality=Modality.TEXT, token_count=prompt)],
+        prompt_tokens_details=details,
         response_tokens_details=[ModalityTokenCount(modality=out, token_count=response)],
     )

@@ -191,6 +191,8 @@ class Conversation:
     count: Callable[[Content], int] = _no_count  # tokens of one entry, template included
     base_tokens: int = 0  # system instruction, tools, cached content: never dropped
     costs: list[int] = field(default_factory=list)  # parallel to history
+    # Also parallel: the tokens of a camera view an entry carries (0: none), billed as an image.
+    view_tokens: list[int] = field(default_factory=list)
     dropped_turns: int = 0  # turns the sliding window has removed so far
     view: str | None = None  # what the camera shows, not yet told to the model
     view_told: str | None = None  # the view the history ends with
@@ -198,15 +200,32 @@ class Conversation:
     def __post_init__(self) -> None:
         if len(self.costs) != len(self.history):
             self.costs = [self.count(c) for c in self.history]
+        if len(self.view_tokens) != len(self.history):
+            self.view_tokens = [0] * len(self.history)
 
     @property
     def tokens(self) -> int:
         """The context the model sees for the history: what the window is kept under."""
         return self.base_tokens + sum(self.costs)
 
-    def _append(self, content: Content) -> None:
+    def _append(self, content: Content, view_tokens: int = 0) -> None:
         self.history.append(content)
         self.costs.append(self.count(content))
+        self.view_tokens.append(view_tokens)
+
+    def views(self, user: Content | None) -> tuple[int, int]:
+        """Camera views in `request(base, user)`, and the tokens of their text."""
+        told = [t for t in self.view_tokens if t]
+        if self.view is not None:
+            told.append(self._view_cost())
+        return len(told), sum(told)
+
+    def _view_cost(self) -> int:
+        text = self.count(Content(role=Role.USER, parts=[self._view_part()])) - MESSAGE_OVERHEAD
+        return max(text, 1)
+
+    def _view_part(self) -> Part:
+        return Part(text=f"[camera: {self.view}]\n")
 
     def add_client_turns(self, turns: list[Content]) -> None:
         for i, turn in enumerate(turns):
@@ -230,7 +249,7 @@ class Conversation:
         incoming = [*self.pending, *([user] if user is not None else [])]
         if self.view is None:
             return incoming
-        seen = Part(text=f"[camera: {self.view}]\n")
+        seen = self._view_part()
         if incoming and incoming[-1].role is not Role.MODEL:
             last = incoming[-1]
             return [*incoming[:-1], Content(role=last.role, parts=[seen, *last.parts])]
@@ -242,8 +261,10 @@ class Conversation:
     def commit_user(self, user: Content | None, window: Window | None = None) -> int:
         """Make the waiting input history, keeping the context inside `window`; returns how
         many of the oldest turns were dropped for it."""
-        for content in self._incoming(user):
-            self._append(content)
+        incoming = self._incoming(user)
+        view = self._view_cost() if self.view is not None else 0
+        for k, content in enumerate(incoming):
+            self._append(content, view if k == len(incoming) - 1 else 0)
         self.pending.clear()
         if self.view is not None:
             self.view_told, self.view = self.view, None
@@ -285,6 +306,7 @@ class Conversation:
         dropped = sum(1 for i in starts if i < cut)
         del self.history[:cut]
         del self.costs[:cut]
+        del self.view_tokens[:cut]
         self.dropped_turns += dropped
         self.version += 1
         return dropped
@@ -306,6 +328,7 @@ class Conversation:
         if self.history and self.history[-1].role is Role.MODEL:
             self.history.pop()
             self.costs.pop()
+            self.view_tokens.pop()
         if heard:
             self._append(Content(role=Role.MODEL, parts=[Part(text=heard)]))
         self.answer_owed = False

@@ -179,3 +179,15 @@ def test_unreadable_media_is_a_400_naming_the_part(
         )
     assert failure.value.code == 400 and complaint in str(failure.value)
     assert "contents[0].parts[1].inlineData" in str(failure.value)
+
+
+def test_a_part_of_another_kind_is_refused_clearly(client: genai.Client) -> None:
+    with pytest.raises(errors.ClientError) as failure:
+        client.models.generate_content(
+            model=FAST_MODEL,
+            contents=[
+                "Read:",
+                types.Part.from_bytes(data=b"%PDF-1.4", mime_type="application/pdf"),
+            ],
+        )
+    assert failure.value.code == 400 and "application/pdf" in str(failure.value)

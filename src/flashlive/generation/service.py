@@ -761,8 +761,8 @@ def _text_of(content: Content, where: str, *, allow_calls: bool) -> tuple[str, l
             blob = part.inline_data or part.file_data
             mime = getattr(blob, "mime_type", None) or "unknown"
             raise InvalidArgument(
-                f"{where}.parts[{j}]: {_camel(kind)} ({mime}) is not supported yet; "
-                "this server takes text parts only"
+                f"{where}.parts[{j}]: {_camel(kind)} ({mime}) is not supported; this server "
+                "reads text and inlineData images, audio and video"
             )
         elif kind != "function_response":
             raise InvalidArgument(

@@ -641,9 +641,11 @@ class FakeVision:
         self.looks = 0
 
     def observe(self, image: bytes, mime_type: str) -> Observation:
+        return self.observe_image(decode_image(image, mime_type))
+
+    def observe_image(self, image: Image.Image) -> Observation:
         self.looks += 1
-        text = decode_image(image, mime_type).getpixel((0, 0))
-        return Observation(f"a sign coloured {text}")
+        return Observation(f"a sign coloured {image.getpixel((0, 0))}")
 
 
 def frame(colour: tuple[int, int, int], mark: bool = False) -> dict[str, Any]:

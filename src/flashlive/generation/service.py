@@ -39,7 +39,7 @@ from flashlive.generation.text import MarkerSplit, StopMatcher, WhitespaceTrim
 from flashlive.models import LoadedModel, ModelManager
 from flashlive.perception.audio import INPUT_RATE, FloatArray, decode_audio
 from flashlive.perception.video import decode_video
-from flashlive.perception.vision import Vision, frame_signature, same_scene
+from flashlive.perception.vision import SceneWatch, Vision
 from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
     Content,
@@ -680,14 +680,9 @@ class GenerationService:
 def _scenes(vision: Vision, frames: list[tuple[float, Image.Image]]) -> list[tuple[float, str]]:
     """(start, what is seen) for each frame, a frame like the one before taking its text."""
     seen: list[tuple[float, str]] = []
-    last: bytes | None = None
+    watch = SceneWatch()
     for at, image in frames:
-        shape = frame_signature(image)
-        if last is not None and same_scene(shape, last):
-            seen.append((at, seen[-1][1]))
-        else:
-            seen.append((at, vision.observe_image(image).text))
-        last = shape
+        seen.append((at, vision.observe_image(image).text if watch.is_new(image) else seen[-1][1]))
     return seen
 
 

@@ -75,7 +75,7 @@ from flashlive.perception.vad import (
     VadEvent,
     VadStream,
 )
-from flashlive.perception.vision import IMAGE_MIMES, decode_image, frame_signature, same_scene
+from flashlive.perception.vision import IMAGE_MIMES, SceneWatch, decode_image
 from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
     Blob,
@@ -571,18 +571,16 @@ class LiveSession:
         vision = self.services.vision
         if vision is None:
             return
-        last: bytes | None = None
+        watch = SceneWatch()
         while True:
             frame = await self.frames.get()
             try:
                 image = await asyncio.to_thread(decode_image, frame.data, frame.mime)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"a video frame: {exc.message}") from None
-            shape = await asyncio.to_thread(frame_signature, image)
-            if last is not None and same_scene(shape, last):
+            if not await asyncio.to_thread(watch.is_new, image):
                 continue
-            last = shape
-            seen = await asyncio.to_thread(vision.observe, frame.data, frame.mime)
+            seen = await asyncio.to_thread(vision.observe_image, image)  # decoded once
             self.frames_seen += 1
             self.conversation.see(seen.text)
             log.debug(

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -127,6 +127,21 @@ def same_scene(a: bytes, b: bytes) -> bool:
     return int(step.max()) <= SAME_SCENE_MAX_STEP
 
 
+class SceneWatch:
+    """Tells a frame showing something new from the scene last looked at (see `same_scene`);
+    measured against that scene, not the previous frame, so a slow drift still counts."""
+
+    def __init__(self) -> None:
+        self._last: bytes | None = None
+
+    def is_new(self, image: Image.Image) -> bool:
+        shape = frame_signature(image)
+        if self._last is not None and same_scene(shape, self._last):
+            return False
+        self._last = shape
+        return True
+
+
 class TesseractOcr:
     """Reads printed text with the tesseract binary (Debian `tesseract-ocr`)."""
 
@@ -159,6 +174,37 @@ class TesseractOcr:
         return " ".join(done.stdout.decode(errors="replace").split())
 
 
+class SeenImages:
+    """Observations of pictures seen before, by content hash: the same bytes are looked at once."""
+
+    def __init__(self, size: int = SEEN_CACHE) -> None:
+        self._size = size
+        self._seen: OrderedDict[str, Observation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def observe(
+        self, image: bytes, mime_type: str, look: Callable[[Image.Image], Observation]
+    ) -> Observation:
+        """The observation of `image`: remembered, or decoded (InvalidArgument if it cannot be)
+        and given to `look`."""
+        key = hashlib.sha256(image).hexdigest()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None:
+                self._seen.move_to_end(key)
+                return seen
+        began = time.perf_counter()
+        decoded = decode_image(image, mime_type)
+        decode_s = time.perf_counter() - began
+        fresh = look(decoded)
+        observation = replace(fresh, seconds={"decode": decode_s, **fresh.seconds})
+        with self._lock:
+            self._seen[key] = observation
+            while len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+        return observation
+
+
 Stage = Callable[[Image.Image], str | None]  # one kind of looking: a phrase, or nothing found
 
 
@@ -167,8 +213,7 @@ class EmbeddedVision:
 
     def __init__(self, stages: Sequence[tuple[str, Stage]]) -> None:
         self._stages = list(stages)
-        self._seen: OrderedDict[str, Observation] = OrderedDict()
-        self._lock = threading.Lock()
+        self._seen = SeenImages()
 
     @classmethod
     def load(cls, cache_dir: Path) -> EmbeddedVision:
@@ -194,33 +239,18 @@ class EmbeddedVision:
         return cls(stages)
 
     def observe(self, image: bytes, mime_type: str) -> Observation:
-        key = hashlib.sha256(image).hexdigest()
-        with self._lock:
-            seen = self._seen.get(key)
-            if seen is not None:
-                self._seen.move_to_end(key)
-                return seen
-        began = time.perf_counter()
-        decoded = decode_image(image, mime_type)
-        observation = self._look(decoded, {"decode": time.perf_counter() - began})
-        with self._lock:
-            self._seen[key] = observation
-            while len(self._seen) > SEEN_CACHE:
-                self._seen.popitem(last=False)
-        return observation
+        return self._seen.observe(image, mime_type, self.observe_image)
 
     def observe_image(self, image: Image.Image) -> Observation:
-        return self._look(image, {})
-
-    def _look(self, decoded: Image.Image, seconds: dict[str, float]) -> Observation:
+        seconds: dict[str, float] = {}
         phrases: list[str] = []
         for name, stage in self._stages:
             began = time.perf_counter()
-            phrase = stage(decoded)
+            phrase = stage(image)
             seconds[name] = time.perf_counter() - began
             if phrase:
                 phrases.append(phrase)
-        width, height = decoded.size
+        width, height = image.size
         return Observation(
             "; ".join(phrases) if phrases else f"a {width}x{height} image; nothing recognised",
             seconds,
@@ -262,7 +292,7 @@ class NativeVision:
     def __init__(self, model: ChatModel) -> None:
         self._model = model
         self._lock = threading.Lock()  # one llama.cpp context: one image at a time
-        self._seen: OrderedDict[str, Observation] = OrderedDict()
+        self._seen = SeenImages()
 
     @classmethod
     def load(
@@ -286,18 +316,8 @@ class NativeVision:
         return cls(model)
 
     def observe(self, image: bytes, mime_type: str) -> Observation:
-        key = hashlib.sha256(image).hexdigest()
-        with self._lock:
-            seen = self._seen.get(key)
-        if seen is not None:
-            return seen
-        decoded = decode_image(image, mime_type)  # refuse what cannot be read before the model
-        observation = self.observe_image(decoded)
-        with self._lock:
-            self._seen[key] = observation
-            while len(self._seen) > SEEN_CACHE:
-                self._seen.popitem(last=False)
-        return observation
+        # Decoded first: what cannot be read is refused before it reaches the model.
+        return self._seen.observe(image, mime_type, self.observe_image)
 
     def observe_image(self, image: Image.Image) -> Observation:
         png = io.BytesIO()

@@ -1,10 +1,13 @@
-# `make serve`: install everything and serve the default model on 127.0.0.1:8080 (+ TLS on 8443).
+# `make serve`: install everything, check it (`flashlive doctor`), then serve the default model on
+#               127.0.0.1:8080 (+ TLS on 8443).
 # `make test`:  install everything, then ruff, mypy and pytest.
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALL_INPUTS := pyproject.toml scripts/install.sh scripts/system-deps.sh scripts/constraints.txt
+INSTALL_INPUTS := pyproject.toml scripts/install.sh scripts/system-deps.sh scripts/constraints.txt \
+	scripts/llama-cpu-variants.cmake
 
-.PHONY: serve test install install-dev lint bench bench-live bench-soak bench-turns bench-vision
+.PHONY: serve doctor test install install-dev lint bench bench-build bench-live bench-soak \
+	bench-turns bench-vision
 
 $(VENV)/.installed: $(INSTALL_INPUTS)
 	scripts/install.sh runtime
@@ -19,7 +22,11 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 serve: install
+	$(BIN)/flashlive doctor
 	$(BIN)/flashlive serve
+
+doctor: install
+	$(BIN)/flashlive doctor
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
@@ -31,6 +38,9 @@ test: lint
 
 bench: install-dev
 	$(BIN)/python -m benchmarks.rest
+
+bench-build: install-dev
+	$(BIN)/python -m benchmarks.build
 
 bench-live: install-dev
 	$(BIN)/python -m benchmarks.live

@@ -1,4 +1,4 @@
-"""`flashlive serve | usage | ca-path | models`."""
+"""`flashlive serve | doctor | usage | ca-path | models`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="a registry model id or a path to a .gguf file")
     serve.add_argument("--data-dir", type=Path)
     serve.add_argument("--models-dir", type=Path)
+    serve.add_argument(
+        "--api-keys", help="comma-separated keys (visible to `ps`: prefer the file or env)"
+    )
     serve.add_argument("--api-keys-file", type=Path)
+    serve.add_argument("--admin-keys", help="comma-separated keys that may read /v1beta/usage")
     serve.add_argument("--insecure-open", action="store_true", default=None)
     serve.add_argument("--context-size", type=int)
     serve.add_argument("--output-token-limit", type=int)
@@ -50,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--audio-tokens-per-s", type=float, help="tokens a second of audio counts as"
     )
+    serve.add_argument(
+        "--video-tokens-per-s", type=float, help="tokens a second of video frames counts as"
+    )
+    serve.add_argument("--video-fps", type=float, help="frames a second looked at in a video")
     serve.add_argument("--tts", choices=["auto", "piper", "espeak"])
     serve.add_argument("--ledger-url", help="sqlite:///path or postgresql://... (default: SQLite)")
     serve.add_argument("--prices-file", type=Path, help="TOML or JSON prices per million tokens")
@@ -57,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--quota-tokens-per-min", type=int, help="per API key; 0: unlimited")
     serve.add_argument("--quota-file", type=Path, help="per-key quota overrides (TOML or JSON)")
     serve.add_argument("--cache-min-tokens", type=int)
+    serve.add_argument(
+        "--cache-sweep-interval-s", type=float, help="how often expired caches are removed"
+    )
     serve.add_argument("--kv-ram-bytes", type=int)
     serve.add_argument("--kv-disk-bytes", type=int)
     serve.add_argument("--log-level")
@@ -70,6 +81,22 @@ def _parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("ca-path", help="print the local CA certificate file clients should trust")
     ca.add_argument("--data-dir", type=Path)
     sub.add_parser("models", help="list the built-in models")
+    doctor = sub.add_parser(
+        "doctor", help="report the CPU, engine, models and components; check the engine decodes"
+    )
+    doctor.add_argument(
+        "--engine-only", action="store_true", help="only the CPU, the engine and its self-check"
+    )
+    doctor.add_argument("--model")
+    doctor.add_argument("--models-dir", type=Path)
+    doctor.add_argument("--data-dir", type=Path)
+    doctor.add_argument("--tts", choices=["auto", "piper", "espeak"])
+    doctor.add_argument("--tls-port", type=int)
+    doctor.add_argument("--tls-cert", type=Path)
+    doctor.add_argument("--session-store")
+    doctor.add_argument("--ledger-url")
+    doctor.add_argument("--vision-model", type=Path)
+    doctor.add_argument("--mmproj", type=Path)
     return parser
 
 
@@ -78,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides: dict[str, Any] = {
         k: v
         for k, v in vars(args).items()
-        if v is not None and k != "command" and not k.startswith("usage_")
+        if v is not None and k not in ("command", "engine_only") and not k.startswith("usage_")
     }
     settings = Settings(**overrides)
     if args.command == "ca-path":
@@ -88,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
             print_usage(settings, args.usage_key, args.usage_since, args.usage_by)
         except FlashliveError as exc:
             raise SystemExit(exc.message) from None
+    elif args.command == "doctor":
+        from flashlive import doctor
+
+        raise SystemExit(doctor.run(settings, engine_only=args.engine_only))
     elif args.command == "models":
         for spec in BUILTIN_MODELS:
             print(f"models/{spec.id}\t{spec.display_name}")

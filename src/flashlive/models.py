@@ -130,8 +130,7 @@ def assemble(spec: ModelSpec, models_dir: Path) -> Path:
     if spec.chunks is None or spec.sha256 is None:
         raise ValueError(f"{spec.id}: a packaged model needs its chunks and SHA-256")
     target = models_dir / spec.filename
-    stamp = target.with_name(target.name + ".sha256")
-    if target.exists() and stamp.exists() and stamp.read_text().split() == _stamp(target, spec):
+    if stamp_matches(spec, models_dir):
         return target
     chunks = spec.chunks()
     missing = [str(c) for c in chunks if not c.exists()]
@@ -157,8 +156,19 @@ def assemble(spec: ModelSpec, models_dir: Path) -> Path:
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
-    stamp.write_text(" ".join(_stamp(target, spec)))
+    _stamp_path(target).write_text(" ".join(_stamp(target, spec)))
     return target
+
+
+def stamp_matches(spec: ModelSpec, models_dir: Path) -> bool:
+    """The assembled file is there, and is the one whose SHA-256 was checked when it was made."""
+    target = models_dir / spec.filename
+    stamp = _stamp_path(target)
+    return target.exists() and stamp.exists() and stamp.read_text().split() == _stamp(target, spec)
+
+
+def _stamp_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
 
 
 def _stamp(target: Path, spec: ModelSpec) -> list[str]:

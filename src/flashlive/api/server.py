@@ -21,12 +21,13 @@ from flashlive.auth import ApiKeys
 from flashlive.cache.kv import PrefixStore
 from flashlive.cache.registry import CacheRegistry
 from flashlive.config import Settings
+from flashlive.engine import selfcheck
 from flashlive.engine.llamacpp import LlamaCppOptions
-from flashlive.errors import FlashliveError
+from flashlive.errors import FlashliveError, Unavailable
 from flashlive.generation.service import GenerationService, MediaTokens
 from flashlive.ledger import PriceTable, open_ledger
 from flashlive.live.services import LiveLimits, LiveServices, Perception
-from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, spec_for_path
+from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, assemble, spec_for_path
 from flashlive.perception.audio import INPUT_RATE, FloatArray
 from flashlive.perception.vision import EmbeddedVision, NativeVision, Vision
 from flashlive.quota import QuotaLimits, Quotas, load_overrides
@@ -72,6 +73,17 @@ def load_vision(settings: Settings) -> Vision:
         return NativeVision.load(settings.vision_model, settings.mmproj, threads=settings.threads)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"the vision model did not load: {exc}") from None
+
+
+def check_engine(settings: Settings, spec: ModelSpec) -> None:
+    """The engine must load and decode on this CPU before anything is served (a child process
+    tries it, so a crash is a message, not a vanished server)."""
+    try:
+        path = assemble(spec, settings.models_dir)
+        result = selfcheck.ensure(path, settings.models_dir / "selfcheck")
+    except (OSError, ValueError, selfcheck.EngineUnusable) as exc:
+        raise SystemExit(f"flashlive cannot serve {spec.id}: {exc}") from None
+    log.info("engine self-check passed on the '%s' CPU variant: %s", result.variant, result.detail)
 
 
 def is_loopback(host: str) -> bool:
@@ -147,6 +159,7 @@ async def serve(settings: Settings) -> None:
         )
     specs, default_model = resolve_models(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(check_engine, settings, next(s for s in specs if s.id == default_model))
     models = ModelManager(
         specs,
         models_dir=settings.models_dir,
@@ -162,6 +175,13 @@ async def serve(settings: Settings) -> None:
         disk_bytes=settings.kv_disk_bytes,
     )
     perception = Perception(tts=settings.tts)
+    if settings.tts != "auto":
+        # A voice chosen by name is loaded now: one that cannot speak stops the start, rather
+        # than a fallback speaking with another voice.
+        try:
+            await perception.tts.get()
+        except Unavailable as exc:
+            raise SystemExit(exc.message) from None
 
     async def transcribe(samples: FloatArray) -> str:
         """A whole audio part, in Whisper-sized windows, for REST requests."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flashlive.engine.backends import load as load_cpu_backend
 from flashlive.engine.base import (
     CancelToken,
     EngineInfo,
@@ -63,6 +64,8 @@ class LlamaCppEngine:
     ) -> None:
         from llama_cpp import Llama
 
+        backend = load_cpu_backend()
+        log.info("llama.cpp CPU variant: %s (%s)", backend.variant.name, backend.chosen_by)
         self._options = options
         threads = options.threads or os.cpu_count() or 1
         self._llm: Any = Llama(

@@ -302,6 +302,10 @@ class NativeVision:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import MTMDChatHandler
 
+        from flashlive.engine.backends import load as load_cpu_backend
+
+        load_cpu_backend()
+
         for path in (model_path, mmproj_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} does not exist")

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
+from flashlive.errors import Unavailable
 from flashlive.generation.service import CacheResolver, GenerationService
 from flashlive.ledger.records import UsageSink
 from flashlive.models import ModelManager
 from flashlive.perception.asr import Transcriber
-from flashlive.perception.tts import EspeakSynthesizer, Synthesizer, load_synthesizer
+from flashlive.perception.tts import (
+    EspeakSynthesizer,
+    PiperSynthesizer,
+    Synthesizer,
+    load_synthesizer,
+)
 from flashlive.perception.vad import SileroVad
 from flashlive.perception.vision import Vision
 from flashlive.protocol.live import Setup
@@ -71,8 +78,16 @@ class Perception:
 
 
 def _synthesizer(kind: str) -> Synthesizer:
+    """`auto` falls back from Piper to espeak-ng; a voice asked for by name is that one or none."""
     if kind == "espeak":
+        if shutil.which("espeak-ng") is None:
+            raise Unavailable("--tts espeak: the espeak-ng binary is not installed")
         return EspeakSynthesizer()
+    if kind == "piper":
+        try:
+            return PiperSynthesizer.load()
+        except Exception as exc:  # whatever stops the voice loading, the choice can't be honoured
+            raise Unavailable(f"--tts piper: the Piper voice does not load: {exc}") from exc
     return load_synthesizer()
 
 

@@ -5,16 +5,19 @@ Test speech is made with the Debian `espeak-ng` and `sox` binaries into pytest's
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from speech import spoken, word_error_rate
 
 from flashlive.errors import InvalidArgument
-from flashlive.perception.asr import Transcriber
+from flashlive.perception.asr import MAX_BATCH, Transcriber
 from flashlive.perception.audio import INPUT_RATE, OUTPUT_RATE, pcm16_to_float, resample
 from flashlive.perception.tts import (
     EspeakSynthesizer,
@@ -29,6 +32,7 @@ from flashlive.perception.vad import (
     VadSettings,
     VadStream,
 )
+from flashlive.perception.worker import FairWorker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the models are in wheels: never reach for the hub
 
@@ -108,6 +112,50 @@ async def test_whisper_transcribes_sentences(transcriber: Transcriber, tmp_path:
         assert transcript.no_speech_prob < 0.5
         # The trimmed encoder: well under the ~0.4 s a full 30 s window costs here.
         assert transcript.compute_seconds < transcript.audio_seconds
+
+
+class CountingRunner:
+    """The real Whisper runner, counting the utterances in each batch it decodes."""
+
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+        self.batches: list[int] = []
+
+    def transcribe(self, audios: list[np.ndarray]) -> list[Any]:
+        self.batches.append(len(audios))
+        return self._runner.transcribe(audios)  # type: ignore[no-any-return]
+
+
+async def test_utterances_of_two_sessions_ending_together_decode_in_one_batch(
+    transcriber: Transcriber, tmp_path: Path
+) -> None:
+    runner = CountingRunner(transcriber._runner)
+    worker = FairWorker("speech recognition", max_batch=MAX_BATCH)
+    batched = Transcriber(runner, worker)  # type: ignore[arg-type]
+    try:
+        started, release = threading.Event(), threading.Event()
+
+        def hold() -> None:  # another session's work occupies the worker meanwhile
+            started.set()
+            release.wait(10)
+
+        busy = asyncio.create_task(worker.run("session-a", hold))
+        await asyncio.to_thread(started.wait, 10)
+        speech = [espeak_speech(tmp_path, sentence) for sentence in SENTENCES[:2]]
+        both = [
+            asyncio.create_task(batched.transcribe(f"session-{name}", audio))
+            for name, audio in zip("bc", speech, strict=True)
+        ]
+        while worker.pending < 2:
+            await asyncio.sleep(0.01)
+        release.set()
+        await busy
+        transcripts = await asyncio.gather(*both)
+    finally:
+        batched.close()
+    assert runner.batches == [2]
+    for sentence, transcript in zip(SENTENCES, transcripts, strict=False):
+        assert word_error_rate(sentence, transcript.text) <= MAX_WER, transcript
 
 
 async def test_vad_cut_speech_is_transcribed(

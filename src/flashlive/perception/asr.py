@@ -220,9 +220,9 @@ class Transcriber:
             )
         if samples.size == 0:
             return Transcript("", 1.0, 0.0, 0.0)
-        result: Transcript = await self._worker.run_batched(
-            client, samples, self._runner.transcribe
-        )
+        # `self._batch`, not `self._runner.transcribe`: each attribute access makes a new bound
+        # method, and the worker batches jobs whose function is the same object.
+        result: Transcript = await self._worker.run_batched(client, samples, self._batch)
         return result
 
     def close(self) -> None:

@@ -703,3 +703,53 @@ async def test_a_corrupt_frame_closes_with_1007() -> None:
         await task
     assert transport.closed is not None and transport.closed[0] == 1007
     assert "frame" in transport.closed[1]
+
+
+async def test_a_cancelled_send_stays_cancelled_when_the_outbox_frees_at_that_moment() -> None:
+    """The 1011 seen under load: the session's task group cancelled a task whose wait for outbox
+    room ended in the same loop step; the cancellation was lost, the task went on and spawned
+    into the closing group ("TaskGroup is shutting down"), and the session closed with 1011."""
+    session = LiveSession(FakeTransport(), services(FakeGeneration([]), outbox_size=1))
+    session.outbox.put_nowait(chunk("queued"))  # type: ignore[arg-type]
+    after: list[str] = []
+
+    async def send_then_go_on() -> None:
+        await session.emit(chunk("next"))  # type: ignore[arg-type]
+        after.append("went on")
+
+    task = asyncio.create_task(send_then_go_on())
+    await asyncio.sleep(0)  # it now waits for room in the outbox
+    session.outbox.get_nowait()  # room frees: the put completes on the next loop step ...
+    task.cancel()  # ... and in that same step the group cancels the task
+    await asyncio.wait([task])
+    assert task.cancelled()
+    assert after == []
+
+
+async def test_work_spawned_while_the_session_closes_never_ends_it_with_1011() -> None:
+    """A task that is still running as the group closes (one that was being woken up as it
+    was cancelled) must not turn the session's ending into an internal error."""
+    transport = FakeTransport()
+    session = LiveSession(transport, services(FakeGeneration([]), outbox_size=1))
+
+    async def run() -> None:
+        async with asyncio.TaskGroup() as tg:
+            session.tg = tg
+            session.outbox.put_nowait(chunk("queued"))  # type: ignore[arg-type]
+
+            async def sender() -> None:
+                await session.emit(chunk("next"))  # type: ignore[arg-type]
+                session.spawn(asyncio.sleep(0))
+
+            async def failing() -> None:
+                await asyncio.sleep(0.01)
+                session.outbox.get_nowait()
+                raise NotFound("the session ends")
+
+            tg.create_task(sender())
+            tg.create_task(failing())
+
+    try:
+        await run()
+    except* NotFound:
+        pass  # the one failure the group must report: nothing else may join it

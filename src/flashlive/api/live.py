@@ -145,4 +145,5 @@ async def serve_session(session: LiveSession) -> None:
     code, reason = close_code(failure), close_reason(failure)
     log.info("live session %s: closing %d (%s)", session.id, code, reason)
     with contextlib.suppress(TimeoutError, OSError, RuntimeError):
-        await asyncio.wait_for(session.transport.close(code, reason), timeout=2.0)
+        async with asyncio.timeout(2.0):
+            await session.transport.close(code, reason)

@@ -413,7 +413,8 @@ class LiveSession:
     async def _end_for_takeover(self) -> None:
         self.taken_over.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ended.wait(), TAKEOVER_WAIT_S)
+            async with asyncio.timeout(TAKEOVER_WAIT_S):
+                await self.ended.wait()
 
     async def _watch_takeover(self) -> None:
         await self.taken_over.wait()
@@ -454,7 +455,8 @@ class LiveSession:
         if turn is not None and isinstance(why, DeadlineExceeded):
             # An answer being sent finishes first; one not yet started is saved, owed.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(turn.finished.wait(), limits.goaway_notice_s)
+                async with asyncio.timeout(limits.goaway_notice_s):
+                    await turn.finished.wait()
         if self.store_key is not None:
             await self._save()
         raise why
@@ -466,8 +468,12 @@ class LiveSession:
     # --- out ------------------------------------------------------------------------------
 
     async def emit(self, message: ServerMessage) -> None:
+        # Timeouts here and below are `asyncio.timeout`, never `wait_for`: on Python 3.11
+        # `wait_for` loses a cancellation that arrives as its awaitable completes, and a task the
+        # session's group cancelled would then go on and spawn into the closing group.
         try:
-            await asyncio.wait_for(self.outbox.put(message), self.services.limits.send_timeout_s)
+            async with asyncio.timeout(self.services.limits.send_timeout_s):
+                await self.outbox.put(message)
         except TimeoutError:
             raise FailedPrecondition(
                 f"the client read nothing for {self.services.limits.send_timeout_s:g} s; "
@@ -994,7 +1000,8 @@ class ModelTurn:
         if left > 0:
             self.finished.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.finished.wait(), left)
+                async with asyncio.timeout(left):
+                    await self.finished.wait()
             self.finished.set()
 
     def put(self, message: ServerMessage | Spoken | None) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -24,6 +25,14 @@ settings.load_profile("repeatable")
 FAST_MODEL = "gemma-3-270m"
 INSTRUCT_MODEL = "qwen2.5-coder-1.5b-instruct"
 START_TIMEOUT_S = 300  # the first start may assemble the 1.1 GB instruct model
+
+
+def missing_dependency(reason: str) -> NoReturn:
+    """A test's dependency is not installed: skip on a developer's machine, fail under CI (`CI`
+    set, as .ci/run does), where a green run must not hide a missing install step."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: a missing dependency fails the run)")
+    pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST_MODEL, Server
+from conftest import FAST_MODEL, Server, missing_dependency
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 SCRIPT = JS_DIR / "rest_sdk.mjs"
@@ -19,13 +19,13 @@ SDK_DIR = JS_DIR / "node_modules" / "@google" / "genai"
 NODE = shutil.which("node")
 RUN_TIMEOUT_S = 120
 
-pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="node is not on PATH"),
-    pytest.mark.skipif(
-        not SDK_DIR.is_dir(),
-        reason=f"@google/genai is not installed: run `npm install --prefix {JS_DIR}`",
-    ),
-]
+
+@pytest.fixture(autouse=True)
+def node_and_sdk() -> None:
+    if NODE is None:
+        missing_dependency("node is not on PATH (scripts/system-deps.sh dev installs it)")
+    if not SDK_DIR.is_dir():
+        missing_dependency(f"@google/genai is not installed: run `npm install --prefix {JS_DIR}`")
 
 
 def run_script(script: Path, server: Server) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FAST_MODEL, Server, free_port, start_server, stop_server
+from conftest import FAST_MODEL, Server, free_port, missing_dependency, start_server, stop_server
 from google import genai
 from google.genai import errors, types
 from postgres import pg_bin, postgres_cluster
@@ -31,7 +31,7 @@ USER, LIMITED, ADMIN = "user-key", "limited-key", "admin-key"
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     if pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed (scripts/system-deps.sh dev installs it)")
+        missing_dependency("PostgreSQL is not installed (scripts/system-deps.sh dev installs it)")
     with postgres_cluster(free_port()) as url:
         yield url
 

@@ -56,8 +56,10 @@ if ! ls "$wheels"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1; then
   mkdir -p "$cache_root"
   building=$(mktemp -d "$cache_root/.building-XXXXXX")
   trap 'rm -rf "$building"' EXIT
+  # --no-cache-dir: pip keeps the wheels it builds in a cache of its own, keyed by the source
+  # package alone, and would hand back one built with other CMAKE_ARGS.
   CMAKE_ARGS="${cmake_args[*]}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    "${pip[@]}" wheel --no-deps --no-binary llama-cpp-python \
+    "${pip[@]}" wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
     "llama-cpp-python==$llama_version" -w "$building"
   printf '%s\n' "${cmake_args[@]}" > "$building/BUILD-OPTIONS"
   rm -rf "$wheels"

@@ -34,12 +34,14 @@ from flashlive.protocol.generate import (
     ListModelsResponse,
     Model,
 )
+from flashlive.protocol.wire_json import parse_wire_json
 
 log = logging.getLogger(__name__)
 W = TypeVar("W", bound=BaseModel)
 T = TypeVar("T")
 VERSIONS = ("v1beta", "v1", "v1alpha")
 SUPPORTED_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 
 
 class RestApi:
@@ -280,7 +282,7 @@ async def _disconnected(request: Request) -> None:
 
 async def _parse(request: Request, model: type[W], max_bytes: int) -> W:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and _is_count(declared) and int(declared) > max_bytes:
         raise PayloadTooLarge(
             f"request body of {declared} bytes exceeds the {max_bytes}-byte limit"
         )
@@ -289,10 +291,18 @@ async def _parse(request: Request, model: type[W], max_bytes: int) -> W:
         body += chunk
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"request body exceeds the {max_bytes}-byte limit")
-    try:
-        data: Any = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"Invalid JSON payload received. {exc}") from None
+    if len(body) <= INLINE_PARSE_BYTES:
+        return _validated(body, model)
+    # Parsing and checking megabytes takes a while: other requests go on meanwhile.
+    return await asyncio.to_thread(_validated, body, model)
+
+
+def _is_count(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit() alone takes "¹²³", int() does not
+
+
+def _validated(body: bytes | bytearray, model: type[W]) -> W:
+    data: Any = parse_wire_json(body or b"{}")
     if not isinstance(data, dict):
         raise InvalidArgument("Invalid JSON payload received. The body must be a JSON object.")
     try:

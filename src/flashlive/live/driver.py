@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import ValidationError
 
 from flashlive.errors import (
     DeadlineExceeded,
@@ -45,7 +44,6 @@ from flashlive.errors import (
     InvalidArgument,
     PayloadTooLarge,
     PermissionDenied,
-    invalid_from_validation,
 )
 from flashlive.generation.service import CacheResolver
 from flashlive.ledger.records import ANONYMOUS, UsageRecord, UsageSink, utc_now
@@ -108,6 +106,7 @@ from flashlive.protocol.live import (
     ToolCall,
     ToolCallCancellation,
     Transcription,
+    parse_client_message,
 )
 
 log = logging.getLogger(__name__)
@@ -119,6 +118,7 @@ FIRST_PIECE_WORDS = 3  # speech starts after this many words, even mid-sentence
 ANSWER_RESERVE = 1024  # context kept free for an answer when maxOutputTokens is not set
 PREFILL_RETRY_S = 0.5  # a context computed between turns waits this long for an idle engine
 TAKEOVER_WAIT_S = 5.0  # how long a resumed session waits for its old connection to end
+INLINE_PARSE_BYTES = 64 * 1024  # larger frames are parsed off the event loop
 
 
 class Transport(Protocol):
@@ -261,11 +261,9 @@ class LiveSession:
     async def _setup(self) -> LiveConfig:
         raw = await self._receive_frame()
         try:
-            message = ClientMessage.model_validate_json(raw)
-        except ValidationError as exc:
-            raise FailedPrecondition(
-                "invalid setup: " + invalid_from_validation(exc).message.split(". ", 1)[-1]
-            ) from None
+            message = await _parsed(raw)
+        except InvalidArgument as exc:
+            raise FailedPrecondition("invalid setup: " + exc.message.split(". ", 1)[-1]) from None
         if message.setup is None:
             raise FailedPrecondition(f"the first message must be setup, not {message.kind}")
         setup = message.setup
@@ -498,11 +496,7 @@ class LiveSession:
 
     async def _receive_loop(self) -> None:
         while True:
-            raw = await self._receive_frame()
-            try:
-                message = ClientMessage.model_validate_json(raw)
-            except ValidationError as exc:
-                raise invalid_from_validation(exc) from None
+            message = await _parsed(await self._receive_frame())
             if message.setup is not None:
                 raise FailedPrecondition("setup may be sent only once, as the first message")
             if message.client_content is not None:
@@ -1135,6 +1129,13 @@ async def _write_usage(ledger: UsageSink, record: UsageRecord) -> None:
         await ledger.record(record)
     except Exception:
         log.exception("live turn usage could not be recorded")
+
+
+async def _parsed(raw: str | bytes) -> ClientMessage:
+    if len(raw) <= INLINE_PARSE_BYTES:
+        return parse_client_message(raw)
+    # A frame of megabytes takes a while to parse and check: other sessions go on meanwhile.
+    return await asyncio.to_thread(parse_client_message, raw)
 
 
 def _store_key(handle: str) -> str:

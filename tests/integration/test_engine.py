@@ -111,10 +111,12 @@ async def test_concurrent_requests_are_served_in_arrival_order(engine: LlamaCppE
 async def test_json_schema_constrains_output(engine: LlamaCppEngine) -> None:
     import json
 
-    schema = json.dumps(
-        {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-    )
-    params = SamplingParams(temperature=1.0, seed=5, max_tokens=30, json_schema=schema)
+    from flashlive.generation.grammar import schema_grammar
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    grammar = schema_grammar(schema, "schema")
+    assert engine.check_grammar(grammar)
+    params = SamplingParams(temperature=1.0, seed=5, max_tokens=30, grammar=grammar)
     text, _ = await collect(engine, "Give me a number as JSON.", params)
     assert isinstance(json.loads(text)["n"], int)
 

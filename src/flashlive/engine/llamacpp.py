@@ -136,6 +136,20 @@ class LlamaCppEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def check_grammar(self, grammar: str) -> bool:
+        """Parse `grammar` as the sampler will. llama.cpp answers a grammar it cannot parse
+        with NULL, and a sampler chain given that NULL dereferences it: the process dies. So
+        every grammar is parsed here first, on its own, and only one that parses is used.
+        Reads only the vocabulary: safe beside a generation on the worker thread."""
+        import llama_cpp
+
+        vocab = self._llm._model.vocab
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not sampler:
+            return False
+        llama_cpp.llama_sampler_free(sampler)
+        return True
+
     async def stream(
         self,
         prompt: Sequence[int],
@@ -229,11 +243,7 @@ class LlamaCppEngine:
             llm.reset()
         if prefix is not None:
             self._restore(prefix, prompt, force=params.seed is not None)
-        grammar = (
-            LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
-            if params.json_schema
-            else None
-        )
+        grammar = LlamaGrammar.from_string(params.grammar) if params.grammar else None
         if not self._prefill(prompt[:-1], cancel):
             emit(TokenPiece("", None, FinishCause.CANCELLED))
             return

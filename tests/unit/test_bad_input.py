@@ -11,12 +11,17 @@ import httpx
 import pytest
 
 from flashlive.api.app import build_app
+from flashlive.api.usage import UsageSetup
 from flashlive.auth import ApiKeys
 from flashlive.cache.registry import CacheRegistry
 from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.generation.service import GenerationService
+from flashlive.ledger.prices import PriceTable
+from flashlive.ledger.records import UsageRecord
 from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.models import BUILTIN_MODELS, ModelManager
+from flashlive.protocol.generate import CountTokensResponse
+from flashlive.quota import QuotaLimits, Quotas
 
 MODEL = BUILTIN_MODELS[0].id
 GENERATE = f"/v1beta/models/{MODEL}:generateContent"
@@ -85,3 +90,111 @@ async def test_superscript_content_length_is_not_a_500(tmp_path: Path) -> None:
             COUNT, content=b"{}", headers={"content-length": "\u00b2".encode("latin-1")}
         )
     assert response.status_code != 500
+
+
+# --- the edge around the calls: ledger, metrics, redirects, logs ----------------------------------
+
+
+class RecordingLedger:
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    async def record(self, rec: UsageRecord) -> None:
+        self.records.append(rec)
+
+    async def summary(self, *args: object, **kwargs: object) -> list[object]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+class FailingService(GenerationService):
+    """A bug in the generation path: anything but a FlashliveError."""
+
+    async def count_tokens(self, model: str, request: object) -> CountTokensResponse:  # type: ignore[override]
+        raise RuntimeError("a bug")
+
+
+def billed_client(tmp_path: Path, ledger: RecordingLedger) -> httpx.AsyncClient:
+    models = ModelManager(list(BUILTIN_MODELS), models_dir=tmp_path, options=LlamaCppOptions())
+    app = build_app(
+        models=models,
+        service=FailingService(models, output_token_limit=64),
+        keys=ApiKeys(frozenset()),
+        default_model=MODEL,
+        max_request_bytes=1 << 20,
+        context_size=512,
+        live=LiveServices(
+            models, GenerationService(models, output_token_limit=64), Perception(), LiveLimits()
+        ),
+        usage=UsageSetup(ledger, PriceTable.load(None), Quotas(QuotaLimits())),  # type: ignore[arg-type]
+    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def test_a_call_that_ends_in_a_500_is_still_in_the_ledger(tmp_path: Path) -> None:
+    ledger = RecordingLedger()
+    async with billed_client(tmp_path, ledger) as c:
+        response = await c.post(COUNT, json={"contents": [{"parts": [{"text": "hi"}]}]})
+    assert response.status_code == 500
+    assert response.json()["error"]["status"] == "INTERNAL"
+    assert [(r.method, r.status, r.model) for r in ledger.records] == [("countTokens", 500, MODEL)]
+
+
+async def test_metrics_label_only_models_the_server_knows(tmp_path: Path) -> None:
+    ledger = RecordingLedger()
+    async with billed_client(tmp_path, ledger) as c:
+        for i in range(30):
+            await c.post(f"/v1beta/models/random-{i}:countTokens", json={"contents": []})
+        metrics = (await c.get("/metrics")).text
+    assert len(ledger.records) == 30
+    assert "random-" not in metrics
+    assert 'model="other"' in metrics
+
+
+@pytest.mark.parametrize("path", ["/v1beta/models/", "/v1beta/models//", "/v1beta//models/"])
+async def test_a_trailing_slash_is_served_in_place_never_redirected(
+    tmp_path: Path, path: str
+) -> None:
+    async with client(tmp_path, frozenset({"k1"})) as c:
+        response = await c.get(path + "?key=k1", headers={"Host": "evil.example"})
+    assert response.status_code == 200, response.text
+    assert "location" not in response.headers
+    assert response.json()["models"]
+
+
+def test_an_access_line_with_a_key_in_its_query_is_logged_redacted() -> None:
+    import io
+    import logging
+
+    from uvicorn.logging import AccessFormatter
+
+    from flashlive.api.keys import RedactCredentials
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
+    logger = logging.getLogger("test.uvicorn.access")
+    logger.addHandler(handler)
+    logger.addFilter(RedactCredentials())
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    errors = io.StringIO()
+    handler.handleError = lambda record: errors.write("--- Logging error ---")  # type: ignore[method-assign]
+    for query in ("key=s3cret", "access_token=auth_tokens/s3cret&alt=sse"):
+        logger.info(
+            '%s - "%s %s HTTP/%s" %d',
+            "127.0.0.1:5000",
+            "GET",
+            f"/v1beta/models?{query}",
+            "1.1",
+            200,
+        )
+    logger.removeHandler(handler)
+    assert errors.getvalue() == ""
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        '127.0.0.1:5000 - "GET /v1beta/models?key=REDACTED HTTP/1.1" 200 OK',
+        '127.0.0.1:5000 - "GET /v1beta/models?access_token=REDACTED&alt=sse HTTP/1.1" 200 OK',
+    ]

@@ -139,6 +139,9 @@ class RestApi:
         except FlashliveError as exc:
             await self._account(call.record(exc.http_status))
             return error_response(exc)
+        except Exception as exc:  # a bug: the client gets a 500, the ledger its record
+            await self._account(call.record(500))
+            return error_response(exc)
 
     def _resolver(self, request: Request) -> CacheResolver | None:
         return self._caches(request) if self._caches is not None else None
@@ -172,9 +175,9 @@ class RestApi:
         # Written before the body leaves: a client that got its answer finds it in the ledger.
         await self._account(call.record(200, response.response_id, response.usage_metadata))
         if first_token:
-            self._metrics.ttft.labels(response.model_version, "false").observe(
-                first_token[0] - started
-            )
+            self._metrics.ttft.labels(
+                self._metrics.model_label(response.model_version), "false"
+            ).observe(first_token[0] - started)
         self._record(response)
         return JSONResponse(response.dump())
 
@@ -191,7 +194,7 @@ class RestApi:
             await self._account(call.record(499))
             return Response(status_code=499)
         call.model = first.model_version
-        self._metrics.ttft.labels(first.model_version, "true").observe(
+        self._metrics.ttft.labels(self._metrics.model_label(first.model_version), "true").observe(
             time.perf_counter() - started
         )
 
@@ -245,10 +248,9 @@ class RestApi:
                 usage.candidates_token_count or 0,
                 candidate.finish_reason.value if candidate and candidate.finish_reason else "-",
             )
-            self._metrics.prompt_tokens.labels(response.model_version).inc(usage.prompt_token_count)
-            self._metrics.tokens_generated.labels(response.model_version).inc(
-                usage.candidates_token_count or 0
-            )
+            model = self._metrics.model_label(response.model_version)
+            self._metrics.prompt_tokens.labels(model).inc(usage.prompt_token_count)
+            self._metrics.tokens_generated.labels(model).inc(usage.candidates_token_count or 0)
 
 
 async def _prepend(

@@ -16,15 +16,17 @@ import math
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flashlive.config import Settings
 from flashlive.engine import SamplingParams
 from flashlive.engine.llamacpp import LlamaCppEngine, LlamaCppOptions
+from flashlive.errors import InvalidArgument
 from flashlive.generation.grammar import schema_grammar
 from flashlive.models import BUILTIN_MODELS, assemble
 
@@ -43,15 +45,12 @@ UNPARSABLE = [
 ]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine() -> AsyncIterator[LlamaCppEngine]:
-    path = await asyncio.to_thread(assemble, FAST, Settings().models_dir)
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LlamaCppEngine]:
+    path = assemble(FAST, Settings().models_dir)
     eng = LlamaCppEngine(path, name=FAST.id, options=LlamaCppOptions(context_size=1024))
     yield eng
-    await eng.aclose()
-
-
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+    asyncio.run(eng.aclose())
 
 
 def accepts(engine: LlamaCppEngine, grammar: str, text: str) -> bool:
@@ -176,7 +175,7 @@ CASES: list[tuple[Any, list[str], list[str]]] = [
 
 
 @pytest.mark.parametrize(("schema", "fit", "misfit"), CASES)
-async def test_the_grammar_takes_exactly_the_json_that_fits(
+def test_the_grammar_takes_exactly_the_json_that_fits(
     engine: LlamaCppEngine, schema: Any, fit: list[str], misfit: list[str]
 ) -> None:
     grammar = schema_grammar(schema, "schema")
@@ -188,12 +187,67 @@ async def test_the_grammar_takes_exactly_the_json_that_fits(
 
 
 @pytest.mark.parametrize(("seed", "values"), [(1, ['say "hi"', "C:\\dir", "two\nlines"])])
-async def test_sampling_under_escaped_enum_values_gives_one_of_them(
+def test_sampling_under_escaped_enum_values_gives_one_of_them(
     engine: LlamaCppEngine, seed: int, values: list[str]
 ) -> None:
     grammar = schema_grammar({"type": "string", "enum": values}, "schema")
     params = SamplingParams(temperature=1.0, seed=seed, max_tokens=20, grammar=grammar)
-    text = ""
-    async for piece in engine.stream(engine.tokenize("Pick one: "), params):
-        text += piece.text
-    assert json.loads(text) in values
+
+    async def sampled() -> str:
+        return "".join([p.text async for p in engine.stream(engine.tokenize("Pick: "), params)])
+
+    assert json.loads(asyncio.run(sampled())) in values
+
+
+names = st.text(st.sampled_from('ab"\\\n\t\u00e9<>[]|:=-_ '), min_size=0, max_size=6)
+leaf_schemas = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["string", "integer", "number", "boolean", "null"])},
+        optional={
+            "minLength": st.integers(0, 4),
+            "maxLength": st.integers(4, 9),
+            "format": st.sampled_from(["date-time", "date", "time", "uuid", "email"]),
+        },
+    ),
+    st.fixed_dictionaries(
+        {"enum": st.lists(names | st.integers() | st.none(), min_size=1, max_size=4)}
+    ),
+    st.fixed_dictionaries({"const": names}),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("string"),
+            "pattern": st.text(st.sampled_from("ab^$|()[]{}*+?.\\d-1,"), max_size=10),
+        }
+    ),
+)
+fuzzed_schemas = st.recursive(
+    leaf_schemas,
+    lambda inner: st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.just("object"), "properties": st.dictionaries(names, inner, max_size=4)},
+            optional={
+                "required": st.lists(names, max_size=2),
+                "additionalProperties": st.booleans() | inner,
+            },
+        ),
+        st.fixed_dictionaries(
+            {"type": st.just("array"), "items": inner},
+            optional={"minItems": st.integers(0, 3), "maxItems": st.integers(3, 6)},
+        ),
+        st.fixed_dictionaries({"anyOf": st.lists(inner, min_size=1, max_size=3)}),
+        st.fixed_dictionaries({"nullable": st.just(True), "type": st.just("string")}),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(schema=fuzzed_schemas)
+def test_every_grammar_built_from_a_schema_parses(
+    engine: LlamaCppEngine, schema: dict[str, Any]
+) -> None:
+    try:
+        grammar = schema_grammar(schema, "schema")
+    except InvalidArgument:
+        return
+    assert engine.check_grammar(grammar), grammar

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 
 from flashlive.errors import InvalidArgument
@@ -59,7 +60,9 @@ def pattern_expression(pattern: str, where: str) -> str:
     if len(pattern) > MAX_PATTERN_CHARS:
         raise InvalidArgument(f"{where}: a pattern is at most {MAX_PATTERN_CHARS} characters")
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a client's pattern is no concern of the server log
+            re.compile(pattern)
     except (re.error, OverflowError, RecursionError) as exc:
         raise InvalidArgument(
             f"{where}: {pattern!r} is not a valid regular expression: {exc}"

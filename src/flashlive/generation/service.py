@@ -31,6 +31,7 @@ from flashlive.generation.prompt import (
     Formatter,
     Message,
     PlainFormatter,
+    RenderedPrompt,
     TemplateFormatter,
     ToolCall,
     ToolSpec,
@@ -78,6 +79,7 @@ _TOOL_BLOCK = re.compile(
 
 # A prompt at least this long leaves its state behind for later requests that begin the same way.
 IMPLICIT_MIN_TOKENS = 1024
+INLINE_RENDER_CHARS = 64 * 1024  # longer prompts are defused and rendered off the event loop
 MAX_AUDIO_PART_S = 600.0  # longer audio parts are refused: transcription takes ~1/10 real time
 MAX_VIDEO_PART_S = 300.0  # ... and longer videos: each changed frame takes ~0.25 s to look at
 CACHE_WITH_OVERRIDES = (
@@ -242,10 +244,7 @@ class GenerationService:
             [t for t in tools if t.name in allowed] if mode is not FunctionCallingMode.NONE else []
         )
         formatter, guard = self._formatter(loaded)
-        rendered = formatter.render(
-            [_defused_message(guard, m) for m in messages],
-            [_defused_tool(guard, t) for t in offered],
-        )
+        rendered = await _render(formatter, guard, messages, offered)
         text = rendered.text
         functions = {t.name: t.parameters for t in offered}
         if mode is FunctionCallingMode.ANY:
@@ -419,7 +418,7 @@ class GenerationService:
                 contents=cached.contents, system_instruction=cached.system_instruction
             )
         )
-        text = formatter.render([_defused_message(guard, m) for m in alone], []).text
+        text = (await _render(formatter, guard, alone, [])).text
         own = await asyncio.to_thread(loaded.engine.tokenize, text)
         return min(common_prefix(own, tokens), len(tokens) - 1)
 
@@ -801,6 +800,21 @@ def _messages(request: GenerateContentRequest) -> list[Message]:
         if text:
             messages.append(Message("user", text))
     return messages
+
+
+async def _render(
+    formatter: Formatter, guard: ControlTokenGuard, messages: list[Message], tools: list[ToolSpec]
+) -> RenderedPrompt:
+    """The prompt, client text defused; megabytes of it take a while: not on the event loop."""
+
+    def render() -> RenderedPrompt:
+        return formatter.render(
+            [_defused_message(guard, m) for m in messages], [_defused_tool(guard, t) for t in tools]
+        )
+
+    if sum(len(m.content) for m in messages) <= INLINE_RENDER_CHARS:
+        return render()
+    return await asyncio.to_thread(render)
 
 
 def _defused_message(guard: ControlTokenGuard, m: Message) -> Message:

@@ -47,10 +47,16 @@ UNENFORCED = frozenset(
 OBJECT_WORDS = frozenset({"properties", "required", "additionalProperties"})
 ARRAY_WORDS = frozenset({"items", "prefixItems", "minItems", "maxItems"})
 STRING_WORDS = frozenset({"pattern", "minLength", "maxLength"})
-UNION_WORDS = frozenset({"anyOf", "oneOf", "allOf"})
+UNION_WORDS = ("anyOf", "oneOf", "allOf")  # in this order: error messages are stable
 VALUE_WORDS = frozenset({"$ref", "type", "enum", "const", "nullable", "format"})
 KNOWN = (
-    ANNOTATIONS | UNENFORCED | OBJECT_WORDS | ARRAY_WORDS | STRING_WORDS | UNION_WORDS | VALUE_WORDS
+    ANNOTATIONS
+    | UNENFORCED
+    | OBJECT_WORDS
+    | ARRAY_WORDS
+    | STRING_WORDS
+    | VALUE_WORDS
+    | frozenset(UNION_WORDS)
 )
 TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
 
@@ -190,7 +196,7 @@ class _Builder:
 
     def combination(self, schema: dict[str, Any], where: str, depth: int) -> str:
         words = [k for k in UNION_WORDS if k in schema]
-        structural = set(schema) - ANNOTATIONS - UNENFORCED - UNION_WORDS
+        structural = set(schema) - ANNOTATIONS - UNENFORCED - set(UNION_WORDS)
         if len(words) > 1 or structural:
             extra = sorted(set(words[1:]) | structural)[0]
             raise InvalidArgument(f"{where}: {words[0]} next to {extra} is not supported")

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-request-bytes", type=int)
     serve.add_argument("--live-max-frame-bytes", type=int)
     serve.add_argument("--live-send-timeout-s", type=float)
+    serve.add_argument("--live-setup-timeout-s", type=float, help="wait this long for a setup")
+    serve.add_argument("--http-header-timeout-s", type=float, help="for a request's headers")
     serve.add_argument("--live-max-connection-s", type=float, help="0: connections never expire")
     serve.add_argument("--live-goaway-notice-s", type=float)
     serve.add_argument("--live-resume-ttl-s", type=float, help="how long a handle stays valid")

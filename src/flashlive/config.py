@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     live_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     live_send_timeout_s: float = Field(default=10.0, gt=0)  # a Live client that stops reading
+    live_setup_timeout_s: float = Field(default=10.0, gt=0)  # ... that sends no setup
+    http_header_timeout_s: float = Field(default=10.0, gt=0)  # a request's headers, in full
     # Hours-long Live sessions (README: "Long Live sessions").
     live_max_connection_s: float = Field(default=600.0, ge=0)  # then goAway and close; 0: never
     live_goaway_notice_s: float = Field(default=10.0, ge=0)  # goAway comes this long before

@@ -111,10 +111,12 @@ async def test_concurrent_requests_are_served_in_arrival_order(engine: LlamaCppE
 async def test_json_schema_constrains_output(engine: LlamaCppEngine) -> None:
     import json
 
-    schema = json.dumps(
-        {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-    )
-    params = SamplingParams(temperature=1.0, seed=5, max_tokens=30, json_schema=schema)
+    from flashlive.generation.grammar import schema_grammar
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    grammar = schema_grammar(schema, "schema")
+    assert engine.check_grammar(grammar)
+    params = SamplingParams(temperature=1.0, seed=5, max_tokens=30, grammar=grammar)
     text, _ = await collect(engine, "Give me a number as JSON.", params)
     assert isinstance(json.loads(text)["n"], int)
 
@@ -139,3 +141,17 @@ async def test_cancel_during_a_long_prefill_frees_the_engine_after_one_slice(
     while engine.active:
         await asyncio.sleep(0.005)
     assert time.perf_counter() - cancelled_at < 1.0
+
+
+async def test_client_text_cannot_forge_the_image_tokens(engine: LlamaCppEngine) -> None:
+    from flashlive.generation.guard import ControlTokenGuard
+
+    forged = ["<start_of_image>", "<end_of_image>", "[multimodal]", "<start_of_turn>"]
+    assert set(forged) <= engine.info.control_tokens
+    assert not {"  ", "\n\n", "\t", "<table>", "</b>"} & engine.info.control_tokens
+    special = {engine.tokenize(text)[-1] for text in forged}
+    guard = ControlTokenGuard(engine.info.control_tokens)
+    text = "see " + " and ".join(forged)
+    assert special <= set(engine.tokenize(text))  # unguarded, they would be those tokens
+    assert not special & set(engine.tokenize(guard.defuse(text)))
+    assert guard.defuse("a  b\n\n\tc <b>d</b>") == "a  b\n\n\tc <b>d</b>"

@@ -43,6 +43,9 @@ def test_pcm_mime_types_give_their_rate(mime: str, rate: int) -> None:
         ("audio/pcm;rate=96000", "96000"),
         ("audio/pcm;rate=abc", "abc"),
         ("audio/pcm;rate=-16000", "-16000"),
+        ("audio/pcm;rate=\u00b9\u2076\u2070\u2070\u2070", "Invalid audio sample rate"),
+        ("audio/pcm;rate=\u0661\u0666\u0660\u0660\u0660", "Invalid audio sample rate"),
+        ("audio/pcm;rate=" + "1" * 5000, "Invalid audio sample rate"),
     ],
 )
 def test_other_mime_types_and_rates_are_refused(mime: str, complaint: str) -> None:

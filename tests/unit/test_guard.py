@@ -29,3 +29,20 @@ def test_nested_data_is_defused_everywhere() -> None:
 def test_large_markup_with_one_token_at_the_end() -> None:
     text = "<td>cell</td>" * 200_000 + "<eos>"
     assert guard.defuse(text) == text[:-5] + f"<{BREAK}eos>"
+
+
+def test_text_of_token_openers_only_is_defused_in_one_fast_pass() -> None:
+    import time
+
+    many = ControlTokenGuard(frozenset({"<eos>", *(f"<unused{i}>" for i in range(6000))}))
+    text = "<" * 1_000_000 + "<unused17><eos>"
+    began = time.perf_counter()
+    out = many.defuse(text)
+    assert time.perf_counter() - began < 2.0  # was a Python step per "<": 16 s for this
+    assert out == "<" * 1_000_000 + f"<{BREAK}unused17><{BREAK}eos>"
+
+
+def test_the_longest_token_at_a_place_is_the_one_broken() -> None:
+    nested = ControlTokenGuard(frozenset({"<a>", "<a>b>", "ab"}))
+    assert nested.defuse("<a>b> <a>") == f"<{BREAK}a>b> <{BREAK}a>"
+    assert nested.defuse("xab") == f"xa{BREAK}b"

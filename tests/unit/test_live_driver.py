@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -753,3 +754,92 @@ async def test_work_spawned_while_the_session_closes_never_ends_it_with_1011() -
         await run()
     except* NotFound:
         pass  # the one failure the group must report: nothing else may join it
+
+
+# --- bad input: a reason and a 1007 / 1008, never a 1011 ------------------------------------------
+
+
+async def test_a_connection_that_sends_no_setup_is_closed_with_a_reason() -> None:
+    transport = FakeTransport()
+    session = LiveSession(transport, services(FakeGeneration([]), setup_timeout_s=0.1))
+    async with asyncio.timeout(5):
+        await serve_session(session)
+    assert transport.closed == (1008, "no setup arrived within 0.1 s")
+
+
+async def test_audio_rates_in_other_digits_close_1007_not_1011() -> None:
+    data = base64.b64encode(b"\0\0" * 160).decode()
+    for rate in ("\u00b9\u2076\u2070\u2070\u2070", "\u0661\u0666\u0660\u0660\u0660", "1" * 5000):
+        transport = FakeTransport()
+        task = await start(transport, services(FakeGeneration([])))
+        mime = "audio/pcm;rate=" + rate
+        transport.client({"realtimeInput": {"audio": {"mimeType": mime, "data": data}}})
+        async with asyncio.timeout(5):
+            await task
+        assert transport.closed is not None and transport.closed[0] == 1007, transport.closed
+        assert "sample rate" in transport.closed[1]
+
+
+async def test_bad_json_in_frames_closes_1007_and_in_the_setup_1008() -> None:
+    for frame, code in [
+        ('{"realtimeInput": {"text": "\\ud800"}}', 1007),
+        ("[" * 10_000 + "]" * 10_000, 1007),
+        ('{"realtimeInput": {"text": "x", "n": 1' + "0" * 40 + "}}", 1007),
+    ]:
+        transport = FakeTransport()
+        task = await start(transport, services(FakeGeneration([])))
+        transport.inbound.put_nowait(frame)
+        async with asyncio.timeout(5):
+            await task
+        assert transport.closed is not None and transport.closed[0] == code, transport.closed
+    transport = FakeTransport()
+    session = LiveSession(transport, services(FakeGeneration([])))
+    transport.inbound.put_nowait('{"setup": {"model": "models/m\\udc00"}}')
+    await serve_session(session)
+    assert transport.closed is not None and transport.closed[0] == 1008
+    assert "surrogate" in transport.closed[1]
+
+
+class SlowCountingEngine(FakeEngine):
+    """Tokenizing a long text blocks its thread, as llama.cpp's tokenizer does."""
+
+    def count_tokens(self, text: str) -> int:
+        if len(text) > 10_000:
+            time.sleep(0.5)
+        return super().count_tokens(text)
+
+
+async def test_a_long_text_frame_is_counted_off_the_event_loop() -> None:
+    generation = FakeGeneration(["ok"])
+    live = services(generation)
+    live.models.engine = SlowCountingEngine(context_size=10_000_000)  # type: ignore[attr-defined]
+    transport = FakeTransport()
+    task = await start(transport, live)
+    await transport.wait_for(lambda m: "setupComplete" in m)
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            gaps.append(time.perf_counter() - last)
+            last = time.perf_counter()
+
+    ticking = asyncio.create_task(ticker())
+    long_text = "word " * 200_000  # 1 MB
+    transport.client({"clientContent": {"turns": [{"parts": [{"text": long_text}]}]}})
+    transport.client({"realtimeInput": {"text": long_text + " and a question?"}})
+    await transport.wait_for(has("turnComplete"))
+    stop.set()
+    await ticking
+    transport.inbound.put_nowait(None)
+    await task
+    assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f} s"
+    assert session_tokens(generation) > 400_000  # both long texts were counted, not skipped
+
+
+def session_tokens(generation: FakeGeneration) -> int:
+    return sum(
+        len((p.text or "").split()) for c in generation.requests[-1].contents for p in c.parts
+    )

@@ -73,14 +73,21 @@ def _check_credential(scope: Scope, keys: ApiKeys) -> None:
 
 
 class SlashMiddleware:
-    """`//ws/...` is `/ws/...`: the JavaScript SDK joins its base URL and path with two slashes."""
+    """`//ws/...` is `/ws/...` (the JavaScript SDK joins its base URL and path with two slashes),
+    and `/v1beta/models/` is `/v1beta/models`: served in place, never redirected (a redirect
+    would be built from the client's Host header, and carry its `?key=` there)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and "//" in scope["path"]:
-            scope = dict(scope, path=_SLASHES.sub("/", scope["path"]))
+        if scope["type"] in ("http", "websocket"):
+            path = scope["path"]
+            tidy = _SLASHES.sub("/", path)
+            if len(tidy) > 1:
+                tidy = tidy.rstrip("/") or "/"
+            if tidy != path:
+                scope = dict(scope, path=tidy)
         await self._app(scope, receive, send)
 
 
@@ -169,4 +176,5 @@ def build_app(
         ],
         exception_handlers={HTTPException: http_error, Exception: unhandled},
     )
+    app.router.redirect_slashes = False  # SlashMiddleware serves those paths instead
     return SlashMiddleware(MetricsMiddleware(AuthMiddleware(app, keys), metrics))

@@ -72,8 +72,16 @@ class RedactCredentials(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = redact_credentials(message)
-        if redacted != message:
-            record.msg, record.args = redacted, None
+        # The arguments are redacted where they are, not merged into the message: uvicorn's
+        # access formatter unpacks `record.args` itself, and fails on a record without them.
+        if isinstance(record.msg, str):
+            record.msg = redact_credentials(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redacted(v) for k, v in record.args.items()}
         return True
+
+
+def _redacted(value: object) -> object:
+    return redact_credentials(value) if isinstance(value, str) else value

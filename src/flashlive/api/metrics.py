@@ -63,8 +63,12 @@ class _EngineCollector(Collector):
         yield from (active, queued, loaded)
 
 
+OTHER_MODEL = "other"  # the label of a model this server does not serve
+
+
 class Metrics:
     def __init__(self, models: ModelManager) -> None:
+        self._models = models
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "flashlive_requests", "HTTP requests", ["route", "code"], registry=self.registry
@@ -103,6 +107,12 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_EngineCollector(models))
+
+    def model_label(self, model: str) -> str:
+        """A model label from a bounded set: a request may name any model, and each new label
+        value is a new series kept for the life of the process."""
+        model = model.removeprefix("models/")
+        return model if any(s.id == model for s in self._models.specs) else OTHER_MODEL
 
 
 class MetricsMiddleware:

@@ -34,12 +34,14 @@ from flashlive.protocol.generate import (
     ListModelsResponse,
     Model,
 )
+from flashlive.protocol.wire_json import parse_wire_json
 
 log = logging.getLogger(__name__)
 W = TypeVar("W", bound=BaseModel)
 T = TypeVar("T")
 VERSIONS = ("v1beta", "v1", "v1alpha")
 SUPPORTED_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 
 
 class RestApi:
@@ -137,6 +139,9 @@ class RestApi:
         except FlashliveError as exc:
             await self._account(call.record(exc.http_status))
             return error_response(exc)
+        except Exception as exc:  # a bug: the client gets a 500, the ledger its record
+            await self._account(call.record(500))
+            return error_response(exc)
 
     def _resolver(self, request: Request) -> CacheResolver | None:
         return self._caches(request) if self._caches is not None else None
@@ -170,9 +175,9 @@ class RestApi:
         # Written before the body leaves: a client that got its answer finds it in the ledger.
         await self._account(call.record(200, response.response_id, response.usage_metadata))
         if first_token:
-            self._metrics.ttft.labels(response.model_version, "false").observe(
-                first_token[0] - started
-            )
+            self._metrics.ttft.labels(
+                self._metrics.model_label(response.model_version), "false"
+            ).observe(first_token[0] - started)
         self._record(response)
         return JSONResponse(response.dump())
 
@@ -189,7 +194,7 @@ class RestApi:
             await self._account(call.record(499))
             return Response(status_code=499)
         call.model = first.model_version
-        self._metrics.ttft.labels(first.model_version, "true").observe(
+        self._metrics.ttft.labels(self._metrics.model_label(first.model_version), "true").observe(
             time.perf_counter() - started
         )
 
@@ -243,10 +248,9 @@ class RestApi:
                 usage.candidates_token_count or 0,
                 candidate.finish_reason.value if candidate and candidate.finish_reason else "-",
             )
-            self._metrics.prompt_tokens.labels(response.model_version).inc(usage.prompt_token_count)
-            self._metrics.tokens_generated.labels(response.model_version).inc(
-                usage.candidates_token_count or 0
-            )
+            model = self._metrics.model_label(response.model_version)
+            self._metrics.prompt_tokens.labels(model).inc(usage.prompt_token_count)
+            self._metrics.tokens_generated.labels(model).inc(usage.candidates_token_count or 0)
 
 
 async def _prepend(
@@ -280,7 +284,7 @@ async def _disconnected(request: Request) -> None:
 
 async def _parse(request: Request, model: type[W], max_bytes: int) -> W:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and _is_count(declared) and int(declared) > max_bytes:
         raise PayloadTooLarge(
             f"request body of {declared} bytes exceeds the {max_bytes}-byte limit"
         )
@@ -289,10 +293,18 @@ async def _parse(request: Request, model: type[W], max_bytes: int) -> W:
         body += chunk
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"request body exceeds the {max_bytes}-byte limit")
-    try:
-        data: Any = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"Invalid JSON payload received. {exc}") from None
+    if len(body) <= INLINE_PARSE_BYTES:
+        return _validated(body, model)
+    # Parsing and checking megabytes takes a while: other requests go on meanwhile.
+    return await asyncio.to_thread(_validated, body, model)
+
+
+def _is_count(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit() alone takes "¹²³", int() does not
+
+
+def _validated(body: bytes | bytearray, model: type[W]) -> W:
+    data: Any = parse_wire_json(body or b"{}")
     if not isinstance(data, dict):
         raise InvalidArgument("Invalid JSON payload received. The body must be a JSON object.")
     try:

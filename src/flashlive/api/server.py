@@ -16,6 +16,7 @@ import uvicorn
 
 from flashlive.api.app import build_app
 from flashlive.api.keys import RedactCredentials
+from flashlive.api.listener import listener_options
 from flashlive.api.usage import UsageSetup
 from flashlive.auth import ApiKeys
 from flashlive.cache.kv import PrefixStore
@@ -218,6 +219,7 @@ async def serve(settings: Settings) -> None:
         limits=LiveLimits(
             max_frame_bytes=settings.live_max_frame_bytes,
             send_timeout_s=settings.live_send_timeout_s,
+            setup_timeout_s=settings.live_setup_timeout_s,
             max_connection_s=settings.live_max_connection_s,
             goaway_notice_s=settings.live_goaway_notice_s,
             resume_ttl_s=settings.live_resume_ttl_s,
@@ -249,11 +251,12 @@ async def serve(settings: Settings) -> None:
                 timeout_graceful_shutdown=5,
                 ssl_certfile=str(files.cert) if files else None,
                 ssl_keyfile=str(files.key) if files else None,
-                # The websockets implementation waits for the socket to drain on every send,
-                # which is what bounds a Live session's memory when its client stops reading.
-                ws="websockets",
                 # Up to twice our limit reaches the session, which names the limit in its reason.
                 ws_max_size=2 * settings.live_max_frame_bytes,
+                **listener_options(
+                    header_timeout_s=settings.http_header_timeout_s,
+                    send_timeout_s=settings.live_send_timeout_s,
+                ),
             )
         )
 

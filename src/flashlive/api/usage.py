@@ -50,9 +50,10 @@ class UsageRecorder:
 
     async def record(self, rec: UsageRecord) -> None:
         await self._setup.ledger.record(rec)
-        self._metrics.tokens_total.labels(rec.model, "input").inc(rec.total_input)
-        self._metrics.tokens_total.labels(rec.model, "output").inc(rec.total_output)
-        self._metrics.cost_usd.labels(rec.model).inc(self._setup.prices.cost(rec))
+        model = self._metrics.model_label(rec.model)
+        self._metrics.tokens_total.labels(model, "input").inc(rec.total_input)
+        self._metrics.tokens_total.labels(model, "output").inc(rec.total_output)
+        self._metrics.cost_usd.labels(model).inc(self._setup.prices.cost(rec))
         self._setup.quotas.charge(rec.key_hash, rec.total_input + rec.total_output)
 
     def record_soon(self, rec: UsageRecord) -> None:

@@ -28,7 +28,7 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    json_schema: str | None = None  # JSON Schema text; every sampled token must fit it
+    grammar: str | None = None  # GBNF (checked with `check_grammar`); sampled tokens fit it
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,10 @@ class Engine(Protocol):
         ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def check_grammar(self, grammar: str) -> bool:
+        """Whether the engine parses `grammar`; one it does not must never reach `stream`."""
+        ...
 
     def stream(
         self,

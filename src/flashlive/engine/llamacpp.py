@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import random
+import re
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 Emit = Callable[[TokenPiece | BaseException], None]
 # Warming is speculative: it runs in small slices so a real request never waits long behind it.
 WARM_SLICE = 4
+_PLAIN_TEXT_TOKEN = re.compile(r"\s+|</?[a-z][a-z0-9]*>")  # user-defined, but only formatting
 
 
 @dataclass(frozen=True)
@@ -115,15 +117,23 @@ class LlamaCppEngine:
         return piece.decode("utf-8", errors="replace")
 
     def _control_tokens(self) -> frozenset[str]:
+        """Texts that tokenize to a special token wherever they appear: control tokens, and the
+        user-defined ones (llama.cpp matches those even in plain text) that stand for something,
+        such as Gemma's `<start_of_image>` and `[multimodal]` or Qwen's `<tool_call>`; not the
+        runs of whitespace and HTML tags some vocabularies also define, which are just text."""
         import llama_cpp
 
         vocab = self._llm._model.vocab
         control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
-        return frozenset(
-            self._token_text(token)
-            for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
-            if llama_cpp.llama_vocab_get_attr(vocab, token) & control
-        )
+        user_defined = llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        texts = set()
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+            attr = llama_cpp.llama_vocab_get_attr(vocab, token)
+            if attr & control or attr & user_defined:
+                text = self._token_text(token)
+                if attr & control or not _PLAIN_TEXT_TOKEN.fullmatch(text):
+                    texts.add(text)
+        return frozenset(texts)
 
     def tokenize(self, text: str) -> list[int]:
         tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
@@ -135,6 +145,20 @@ class LlamaCppEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
+
+    def check_grammar(self, grammar: str) -> bool:
+        """Parse `grammar` as the sampler will. llama.cpp answers a grammar it cannot parse
+        with NULL, and a sampler chain given that NULL dereferences it: the process dies. So
+        every grammar is parsed here first, on its own, and only one that parses is used.
+        Reads only the vocabulary: safe beside a generation on the worker thread."""
+        import llama_cpp
+
+        vocab = self._llm._model.vocab
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not sampler:
+            return False
+        llama_cpp.llama_sampler_free(sampler)
+        return True
 
     async def stream(
         self,
@@ -229,11 +253,7 @@ class LlamaCppEngine:
             llm.reset()
         if prefix is not None:
             self._restore(prefix, prompt, force=params.seed is not None)
-        grammar = (
-            LlamaGrammar.from_json_schema(params.json_schema, verbose=False)
-            if params.json_schema
-            else None
-        )
+        grammar = LlamaGrammar.from_string(params.grammar) if params.grammar else None
         if not self._prefill(prompt[:-1], cancel):
             emit(TokenPiece("", None, FinishCause.CANCELLED))
             return

@@ -10,7 +10,6 @@ its first character: the model still reads the characters, never the token.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from typing import Any
 
 BREAK = "\u200b"
@@ -18,30 +17,15 @@ BREAK = "\u200b"
 
 class ControlTokenGuard:
     def __init__(self, control_tokens: frozenset[str]) -> None:
-        self._by_start: dict[str, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-        for token in control_tokens:
-            if len(token) >= 2:
-                self._by_start[token[0]][len(token)].add(token)
-        starts = "".join(re.escape(c) for c in self._by_start)
-        # Only the first characters of control tokens are searched for, in C.
-        self._starts = re.compile(f"[{starts}]") if starts else None
+        tokens = sorted(t for t in control_tokens if len(t) >= 2)
+        # One pass in C over the text: the tokens as a trie of alternatives, so at any position
+        # at most one branch goes on per character (text made of nothing but "<" included).
+        self._tokens = re.compile(_trie(tokens)) if tokens else None
 
     def defuse(self, text: str) -> str:
-        if self._starts is None:
+        if self._tokens is None:
             return text
-        pieces: list[str] = []
-        done = 0
-        found = self._starts.search(text)
-        while found is not None:
-            at = found.start()
-            lengths = self._by_start[text[at]]
-            hit = next((n for n, tokens in lengths.items() if text[at : at + n] in tokens), 0)
-            if hit:
-                pieces += [text[done:at], text[at], BREAK, text[at + 1 : at + hit]]
-                done = at + hit
-            found = self._starts.search(text, at + max(hit, 1))
-        pieces.append(text[done:])
-        return "".join(pieces)
+        return self._tokens.sub(_broken, text)
 
     def defuse_all(self, value: Any) -> Any:
         """`defuse` applied to every string inside JSON-like data (dict keys included)."""
@@ -52,3 +36,30 @@ class ControlTokenGuard:
         if isinstance(value, dict):
             return {self.defuse(str(k)): self.defuse_all(v) for k, v in value.items()}
         return value
+
+
+def _broken(found: re.Match[str]) -> str:
+    token = found[0]
+    return token[0] + BREAK + token[1:]
+
+
+def _trie(words: list[str]) -> str:
+    """A regular expression matching any of `words`, the longest at each position, as nested
+    alternatives sharing their prefixes."""
+    root: dict[str, Any] = {}
+    for word in words:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+    return _alternatives(root)
+
+
+def _alternatives(node: dict[str, Any]) -> str:
+    branches = [re.escape(ch) + _alternatives(child) for ch, child in node.items() if ch]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    if "" in node:  # a word ends here; a longer one may go on
+        return f"(?:{body})?"
+    return body

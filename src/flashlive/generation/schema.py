@@ -20,7 +20,9 @@ _SIMPLE = {
 
 def to_json_schema(schema: Schema, where: str = "schema") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if schema.any_of:
+    if schema.any_of is not None:
+        if not schema.any_of:
+            raise InvalidArgument(f"{where}.anyOf must not be empty")
         out["anyOf"] = [
             to_json_schema(s, f"{where}.anyOf[{i}]") for i, s in enumerate(schema.any_of)
         ]

@@ -23,6 +23,7 @@ from PIL import Image
 from flashlive.cache.kv import PrefixStore
 from flashlive.engine import FinishCause, PrefixState, SamplingParams, common_prefix
 from flashlive.errors import FlashliveError, InvalidArgument
+from flashlive.generation.grammar import schema_grammar
 from flashlive.generation.guard import ControlTokenGuard
 from flashlive.generation.prompt import (
     TOOL_CALL_CLOSE,
@@ -30,6 +31,7 @@ from flashlive.generation.prompt import (
     Formatter,
     Message,
     PlainFormatter,
+    RenderedPrompt,
     TemplateFormatter,
     ToolCall,
     ToolSpec,
@@ -77,6 +79,7 @@ _TOOL_BLOCK = re.compile(
 
 # A prompt at least this long leaves its state behind for later requests that begin the same way.
 IMPLICIT_MIN_TOKENS = 1024
+INLINE_RENDER_CHARS = 64 * 1024  # longer prompts are defused and rendered off the event loop
 MAX_AUDIO_PART_S = 600.0  # longer audio parts are refused: transcription takes ~1/10 real time
 MAX_VIDEO_PART_S = 300.0  # ... and longer videos: each changed frame takes ~0.25 s to look at
 CACHE_WITH_OVERRIDES = (
@@ -229,7 +232,7 @@ class GenerationService:
         tools = _tool_specs(request.tools)
         mode = _calling_mode(request, tools)
         allowed = _allowed_functions(request, tools)
-        json_schema = _response_schema(config)
+        json_schema, where = _response_schema(config)
         if json_schema is not None and mode is FunctionCallingMode.ANY:
             raise InvalidArgument("a forced function call cannot be combined with a JSON response")
         if json_schema is not None:
@@ -241,15 +244,17 @@ class GenerationService:
             [t for t in tools if t.name in allowed] if mode is not FunctionCallingMode.NONE else []
         )
         formatter, guard = self._formatter(loaded)
-        rendered = formatter.render(
-            [_defused_message(guard, m) for m in messages],
-            [_defused_tool(guard, t) for t in offered],
-        )
+        rendered = await _render(formatter, guard, messages, offered)
         text = rendered.text
         functions = {t.name: t.parameters for t in offered}
         if mode is FunctionCallingMode.ANY:
-            json_schema = function_call_schema(functions)
+            for name, parameters in functions.items():
+                schema_grammar(parameters, f"functionDeclarations[{name}].parameters")
+            json_schema, where = function_call_schema(functions), "functionDeclarations"
             text += TOOL_CALL_OPEN + "\n"
+        grammar = (
+            await _checked_grammar(loaded, json_schema, where) if json_schema is not None else None
+        )
         # A 20 MB prompt takes a while to tokenize: keep that off the event loop.
         tokens = await asyncio.to_thread(loaded.engine.tokenize, text)
         limit = loaded.engine.info.context_size
@@ -279,7 +284,7 @@ class GenerationService:
                 if json_schema is not None
                 else 0.0
             ),
-            json_schema=json.dumps(json_schema) if json_schema is not None else None,
+            grammar=grammar,
         )
         stops = tuple(config.stop_sequences or ()) + (rendered.stop if json_schema is None else ())
         prefix_len = 0
@@ -413,7 +418,7 @@ class GenerationService:
                 contents=cached.contents, system_instruction=cached.system_instruction
             )
         )
-        text = formatter.render([_defused_message(guard, m) for m in alone], []).text
+        text = (await _render(formatter, guard, alone, [])).text
         own = await asyncio.to_thread(loaded.engine.tokenize, text)
         return min(common_prefix(own, tokens), len(tokens) - 1)
 
@@ -797,6 +802,21 @@ def _messages(request: GenerateContentRequest) -> list[Message]:
     return messages
 
 
+async def _render(
+    formatter: Formatter, guard: ControlTokenGuard, messages: list[Message], tools: list[ToolSpec]
+) -> RenderedPrompt:
+    """The prompt, client text defused; megabytes of it take a while: not on the event loop."""
+
+    def render() -> RenderedPrompt:
+        return formatter.render(
+            [_defused_message(guard, m) for m in messages], [_defused_tool(guard, t) for t in tools]
+        )
+
+    if sum(len(m.content) for m in messages) <= INLINE_RENDER_CHARS:
+        return render()
+    return await asyncio.to_thread(render)
+
+
 def _defused_message(guard: ControlTokenGuard, m: Message) -> Message:
     return replace(
         m,
@@ -871,18 +891,29 @@ def _allowed_functions(request: GenerateContentRequest, tools: list[ToolSpec]) -
     return set(fcc.allowed_function_names)
 
 
-def _response_schema(config: GenerationConfig) -> dict[str, Any] | None:
+async def _checked_grammar(loaded: LoadedModel, schema: dict[str, Any], where: str) -> str:
+    """The grammar for `schema`, parsed by the engine before anything is sampled under it."""
+    grammar = schema_grammar(schema, where)
+    if not await asyncio.to_thread(loaded.engine.check_grammar, grammar):
+        log.warning("the grammar built from %s did not parse:\n%s", where, grammar[:2000])
+        raise InvalidArgument(f"{where} cannot be decoded under: its grammar does not parse")
+    return grammar
+
+
+def _response_schema(config: GenerationConfig) -> tuple[dict[str, Any] | None, str]:
+    """The JSON Schema the answer must fit, and where the request gave it."""
     mime = (config.response_mime_type or TEXT_MIME).lower()
     has_schema = config.response_schema is not None or config.response_json_schema is not None
+    where = "generationConfig.responseSchema"
     if mime == TEXT_MIME:
         if has_schema:
             raise InvalidArgument("responseSchema needs responseMimeType application/json")
-        return None
+        return None, where
     if mime == ENUM_MIME:
         schema = config.response_schema
         if schema is None or not schema.enum:
             raise InvalidArgument(f"responseMimeType {ENUM_MIME} needs a responseSchema with enum")
-        return {"type": "string", "enum": list(schema.enum)}
+        return {"type": "string", "enum": list(schema.enum)}, f"{where}.enum"
     if mime != JSON_MIME:
         raise InvalidArgument(
             f"responseMimeType {config.response_mime_type!r} is not supported; "
@@ -891,7 +922,7 @@ def _response_schema(config: GenerationConfig) -> dict[str, Any] | None:
     if config.response_schema is not None and config.response_json_schema is not None:
         raise InvalidArgument("give responseSchema or responseJsonSchema, not both")
     if config.response_json_schema is not None:
-        return config.response_json_schema
+        return config.response_json_schema, "generationConfig.responseJsonSchema"
     if config.response_schema is not None:
-        return to_json_schema(config.response_schema, "generationConfig.responseSchema")
-    return {"type": "object"}
+        return to_json_schema(config.response_schema, where), where
+    return {"type": "object"}, where

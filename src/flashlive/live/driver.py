@@ -30,13 +30,13 @@ import math
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import ValidationError
 
 from flashlive.errors import (
     DeadlineExceeded,
@@ -45,7 +45,6 @@ from flashlive.errors import (
     InvalidArgument,
     PayloadTooLarge,
     PermissionDenied,
-    invalid_from_validation,
 )
 from flashlive.generation.service import CacheResolver
 from flashlive.ledger.records import ANONYMOUS, UsageRecord, UsageSink, utc_now
@@ -57,7 +56,7 @@ from flashlive.live.session import (
     SavedSession,
     SpokenLog,
     Window,
-    content_text,
+    content_pieces,
 )
 from flashlive.perception.audio import (
     INPUT_RATE,
@@ -108,6 +107,7 @@ from flashlive.protocol.live import (
     ToolCall,
     ToolCallCancellation,
     Transcription,
+    parse_client_message,
 )
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,9 @@ FIRST_PIECE_WORDS = 3  # speech starts after this many words, even mid-sentence
 ANSWER_RESERVE = 1024  # context kept free for an answer when maxOutputTokens is not set
 PREFILL_RETRY_S = 0.5  # a context computed between turns waits this long for an idle engine
 TAKEOVER_WAIT_S = 5.0  # how long a resumed session waits for its old connection to end
+INLINE_PARSE_BYTES = 64 * 1024  # larger frames are parsed off the event loop
+LONG_TEXT_CHARS = 4096  # longer texts are tokenized off the event loop, ahead of their use
+LONG_TEXTS_KEPT = 64  # their counts, remembered for the turns still waiting to be committed
 
 
 class Transport(Protocol):
@@ -191,6 +194,7 @@ class LiveSession:
         self.audio: asyncio.Queue[AudioIn | Mark] = asyncio.Queue(limits.audio_queue_size)
         self.turns: asyncio.Queue[UserTurn] = asyncio.Queue(limits.turn_queue_size)
         self.conversation = Conversation()
+        self.counter = TokenCounter(None)  # the model's, once the setup names it
         self.config: LiveConfig | None = None
         self.tg: asyncio.TaskGroup | None = None
         self.active: ModelTurn | None = None  # the committed turn being answered or played
@@ -259,13 +263,16 @@ class LiveSession:
             self.services.generation.forget_state(self._state_key)
 
     async def _setup(self) -> LiveConfig:
-        raw = await self._receive_frame()
+        waited = self.services.limits.setup_timeout_s
         try:
-            message = ClientMessage.model_validate_json(raw)
-        except ValidationError as exc:
-            raise FailedPrecondition(
-                "invalid setup: " + invalid_from_validation(exc).message.split(". ", 1)[-1]
-            ) from None
+            async with asyncio.timeout(waited):
+                raw = await self._receive_frame()
+        except TimeoutError:
+            raise FailedPrecondition(f"no setup arrived within {waited:g} s") from None
+        try:
+            message = await _parsed(raw)
+        except InvalidArgument as exc:
+            raise FailedPrecondition("invalid setup: " + exc.message.split(". ", 1)[-1]) from None
         if message.setup is None:
             raise FailedPrecondition(f"the first message must be setup, not {message.kind}")
         setup = message.setup
@@ -300,9 +307,7 @@ class LiveSession:
             setup.context_window_compression, context_size=context, reserve=reserve
         )
 
-        def count(content: Content) -> int:
-            return engine.count_tokens(content_text(content)) + MESSAGE_OVERHEAD
-
+        count = self.counter = TokenCounter(engine)
         probe = _user_text("x")
         prepared = await self.services.generation.prepare(
             config.model,
@@ -311,7 +316,10 @@ class LiveSession:
         )
         if saved is not None:
             try:
-                self.conversation = Conversation.from_state(saved.conversation, count)
+                # A long history takes a while to count: not on the event loop.
+                self.conversation = await asyncio.to_thread(
+                    Conversation.from_state, saved.conversation, count
+                )
             except ValueError as exc:
                 log.warning("live session %s: %s", self.id, exc)
                 raise FailedPrecondition("the session to resume could not be read") from None
@@ -498,20 +506,18 @@ class LiveSession:
 
     async def _receive_loop(self) -> None:
         while True:
-            raw = await self._receive_frame()
-            try:
-                message = ClientMessage.model_validate_json(raw)
-            except ValidationError as exc:
-                raise invalid_from_validation(exc) from None
+            message = await _parsed(await self._receive_frame())
             if message.setup is not None:
                 raise FailedPrecondition("setup may be sent only once, as the first message")
             if message.client_content is not None:
+                await self.counter.prime(message.client_content.turns or [])
                 await self._client_content(message.client_content)
             elif message.realtime_input is not None:
                 await self._realtime_input(message.realtime_input)
             elif message.tool_response is not None:
                 responses = message.tool_response.function_responses
                 answer = self.conversation.answer_calls(responses)
+                await self.counter.prime([answer])
                 await self._user_turn(UserTurn(answer, answers_tools=True))
 
     async def _client_content(self, content: ClientContent) -> None:
@@ -527,8 +533,10 @@ class LiveSession:
     async def _realtime_input(self, given: RealtimeInput) -> None:
         config = self.conf
         if given.text is not None and given.text.strip():
+            said = _user_text(given.text)
+            await self.counter.prime([said])
             self._barge_in()
-            await self._user_turn(UserTurn(_user_text(given.text), transcript=None))
+            await self._user_turn(UserTurn(said, transcript=None))
         if given.audio is not None:
             await self._audio_in(given.audio, "realtimeInput.audio")
         for i, blob in enumerate(given.media_chunks or []):
@@ -853,6 +861,42 @@ class LiveSession:
             self.spawn(self.emit(message))
 
 
+class TokenCounter:
+    """What a history entry costs in context, as the conversation asks (synchronously).
+
+    Tokenizing a long text takes a while (seconds for a 4 MB frame) and would stall the event
+    loop for every session, so long pieces are counted ahead, in a thread (`prime`), and
+    remembered by their hash; an entry holding one costs the sum of its pieces.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._long: OrderedDict[tuple[int, int], int] = OrderedDict()
+
+    def __call__(self, content: Content) -> int:
+        pieces = content_pieces(content)
+        if all(len(p) < LONG_TEXT_CHARS for p in pieces):
+            return int(self._engine.count_tokens("\n".join(pieces))) + MESSAGE_OVERHEAD
+        return sum(self._piece(p) for p in pieces) + len(pieces) - 1 + MESSAGE_OVERHEAD
+
+    def _piece(self, text: str) -> int:
+        key = (len(text), hash(text))
+        if key in self._long:
+            return self._long[key]
+        return int(self._engine.count_tokens(text))
+
+    async def prime(self, contents: list[Content]) -> None:
+        if self._engine is None:
+            return
+        for content in contents:
+            for piece in content_pieces(content):
+                key = (len(piece), hash(piece))
+                if len(piece) >= LONG_TEXT_CHARS and key not in self._long:
+                    self._long[key] = await asyncio.to_thread(self._engine.count_tokens, piece)
+                    while len(self._long) > LONG_TEXTS_KEPT:
+                        self._long.popitem(last=False)
+
+
 @dataclass
 class Speculation:
     sample: int  # where the voiced audio it transcribed ends, on the session's 16 kHz clock
@@ -1135,6 +1179,13 @@ async def _write_usage(ledger: UsageSink, record: UsageRecord) -> None:
         await ledger.record(record)
     except Exception:
         log.exception("live turn usage could not be recorded")
+
+
+async def _parsed(raw: str | bytes) -> ClientMessage:
+    if len(raw) <= INLINE_PARSE_BYTES:
+        return parse_client_message(raw)
+    # A frame of megabytes takes a while to parse and check: other sessions go on meanwhile.
+    return await asyncio.to_thread(parse_client_message, raw)
 
 
 def _store_key(handle: str) -> str:

@@ -53,6 +53,7 @@ class Lazy(Generic[T]):
 class LiveLimits:
     max_frame_bytes: int = 4 * 1024 * 1024
     send_timeout_s: float = 10.0  # a client that reads nothing for this long is disconnected
+    setup_timeout_s: float = 10.0  # a connection that sends no setup this long is closed
     outbox_size: int = 64  # server messages waiting for the socket
     audio_queue_size: int = 64  # client audio chunks waiting for the VAD
     turn_queue_size: int = 8  # user turns waiting for the model

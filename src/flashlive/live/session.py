@@ -160,6 +160,11 @@ class Window:
 
 def content_text(content: Content) -> str:
     """The words of a history entry, to count what it costs in context."""
+    return "\n".join(content_pieces(content))
+
+
+def content_pieces(content: Content) -> list[str]:
+    """The text of each part of a history entry that the model reads."""
     pieces: list[str] = []
     for part in content.parts:
         if part.text:
@@ -168,7 +173,7 @@ def content_text(content: Content) -> str:
             pieces.append(part.function_call.model_dump_json(exclude_none=True))
         elif part.function_response is not None:
             pieces.append(part.function_response.model_dump_json(exclude_none=True))
-    return "\n".join(pieces)
+    return pieces
 
 
 def _no_count(content: Content) -> int:

@@ -24,6 +24,7 @@ FloatArray = npt.NDArray[np.float32]
 
 _PCM_MIME = re.compile(r"^\s*audio/(?:pcm|l16)\s*(?P<params>(?:;[^;]*)*)$", re.IGNORECASE)
 _INT16_SCALE = 32768.0
+_RATE = re.compile("[0-9]{1,6}")
 
 
 def parse_pcm_mime(mime: str) -> int:
@@ -48,7 +49,8 @@ def _rate_param(params: str, mime: str) -> int:
         name, _, value = (part.strip() for part in param.partition("="))
         if name.lower() != "rate":
             continue  # e.g. `channels=1`: harmless, the wire format is fixed
-        if not value.isdigit():
+        # ASCII digits only: str.isdigit() also takes "¹⁶⁰⁰⁰", which int() then refuses.
+        if not _RATE.fullmatch(value):
             raise InvalidArgument(f"Invalid audio sample rate {value!r} in {mime!r}.")
         rate = int(value)
     return rate

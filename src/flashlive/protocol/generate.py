@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from flashlive.protocol.base import Wire
+from flashlive.protocol.base import Int32, Wire
 from flashlive.protocol.content import Content, SafetySetting, Schema, Tool, ToolConfig
 
 MAX_STOP_SEQUENCES = 5
@@ -16,11 +16,11 @@ MAX_STOP_SEQUENCES = 5
 class GenerationConfig(Wire):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=1)
-    candidate_count: int | None = Field(default=None, ge=1)
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    top_k: Int32 | None = Field(default=None, ge=1)
+    candidate_count: Int32 | None = Field(default=None, ge=1)
+    max_output_tokens: Int32 | None = Field(default=None, ge=1)
     stop_sequences: list[str] | None = None
-    seed: int | None = None
+    seed: Int32 | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     response_mime_type: str | None = None
@@ -28,7 +28,7 @@ class GenerationConfig(Wire):
     response_json_schema: dict[str, Any] | None = None
     response_json_schema_ordering: dict[str, Any] | None = Field(default=None, exclude=True)
     response_logprobs: bool | None = None
-    logprobs: int | None = None
+    logprobs: Int32 | None = None
     response_modalities: list[str] | None = None
     speech_config: dict[str, Any] | None = None
     thinking_config: dict[str, Any] | None = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from flashlive.errors import invalid_from_validation
 from flashlive.protocol.base import OpenWire, Wire
 from flashlive.protocol.content import (
     Blob,
@@ -23,6 +24,7 @@ from flashlive.protocol.content import (
     ToolConfig,
 )
 from flashlive.protocol.generate import GenerationConfig, ModalityTokenCount
+from flashlive.protocol.wire_json import parse_wire_json
 
 
 class ResponseModality(StrEnum):
@@ -186,6 +188,14 @@ class ClientMessage(Wire):
             if getattr(self, name) is not None:
                 return name
         raise AssertionError("validated to hold one field")
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """One client frame; InvalidArgument (its reason readable) when it is not a message."""
+    try:
+        return ClientMessage.model_validate(parse_wire_json(raw))
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
 
 
 # --- server → client ---------------------------------------------------------------------------

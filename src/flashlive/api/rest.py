@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from flashlive.api.errors import error_response, sse_error
+from flashlive.api.errors import error_response, stream_error
 from flashlive.api.metrics import Metrics
 from flashlive.api.usage import CallUsage, UsageRecorder, call_usage
 from flashlive.errors import (
@@ -224,7 +224,11 @@ class RestApi:
                     yield b"]"
             except Exception as exc:
                 status = exc.http_status if isinstance(exc, FlashliveError) else 500
-                yield sse_error(exc) if sse else b"]"
+                failure = stream_error(exc, first.response_id)
+                if sse:
+                    yield b"data: " + failure + b"\r\n\r\n"
+                else:  # the error is the array's last element, never a clean-looking end
+                    yield (b",\r\n" if sent else b"") + failure + b"]"
             finally:
                 await chunks.aclose()
                 if status != 200:

@@ -71,7 +71,8 @@ def transcript(messages: list[types.LiveServerMessage], kind: str) -> str:
         found = getattr(content, kind, None) if content else None
         if found is not None and found.text:
             pieces.append(found.text)
-    return " ".join(pieces)
+    # Output pieces carry their own leading space, as Gemini's do; input ones are whole turns.
+    return ("" if kind == "output_transcription" else " ").join(pieces)
 
 
 def audio_of(messages: list[types.LiveServerMessage]) -> tuple[bytes, set[str]]:

@@ -843,3 +843,47 @@ def session_tokens(generation: FakeGeneration) -> int:
     return sum(
         len((p.text or "").split()) for c in generation.requests[-1].contents for p in c.parts
     )
+
+
+class FakeSynthesizer:
+    """A tenth of a second of quiet per word."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.spoken: list[str] = []
+
+    async def synthesize(self, client: str, text: str) -> bytes:
+        self.spoken.append(text)
+        return b"\x01\x00" * 2400 * len(text.split())
+
+    def close(self) -> None:
+        pass
+
+
+async def test_spoken_pieces_join_into_the_answer_as_it_was_said() -> None:
+    transport = FakeTransport()
+    generation = FakeGeneration(
+        ["The capital of", " France is **Paris**.", " It lies on", " the Seine."]
+    )
+    live = services(generation)
+    synthesizer = FakeSynthesizer()
+    live.perception.tts.value = synthesizer  # type: ignore[assignment]
+    task = await start(
+        transport,
+        live,
+        generationConfig={"responseModalities": ["AUDIO"]},
+        outputAudioTranscription={},
+    )
+    transport.client({"realtimeInput": {"text": "Where is Paris?"}})
+    await transport.wait_for(has("turnComplete"))
+    pieces = [
+        m["serverContent"]["outputTranscription"]["text"]
+        for m in transport.sent
+        if "outputTranscription" in m.get("serverContent", {})
+    ]
+    assert len(pieces) >= 2  # spoken clause by clause
+    assert "".join(pieces) == "The capital of France is Paris. It lies on the Seine."
+    assert " ".join(synthesizer.spoken) == "".join(pieces)  # the transcript is what was said
+    transport.inbound.put_nowait(None)
+    await task

@@ -1154,6 +1154,7 @@ class Voice:
         session = self.turn.session
         synthesizer = await session.services.perception.tts.get()
         transcribe_out = session.conf.output_transcription
+        said = False
         while (clause := await self.clauses.get()) is not None:
             words = speakable(clause)
             if not words:
@@ -1170,7 +1171,11 @@ class Voice:
                 self.turn.put(_content(model_turn=_model_parts(Part(inline_data=blob))))
             self.turn.put(Spoken(clause, len(pcm) / 2 / OUTPUT_RATE))
             if transcribe_out:
-                self.turn.put(_content(output_transcription=Transcription(text=clause)))
+                # The words as spoken, each piece after the first with the space before it (as
+                # Gemini's pieces carry it): a client joins the pieces as they come.
+                text = (" " if said else "") + words
+                self.turn.put(_content(output_transcription=Transcription(text=text)))
+            said = True
 
 
 async def _write_usage(ledger: UsageSink, record: UsageRecord) -> None:

@@ -212,12 +212,31 @@ class GenerationService:
             total_tokens=sum(d.token_count for d in details), prompt_tokens_details=details
         )
 
+    async def count_cached(self, model: str, cached: CachedPrefix) -> int:
+        """The tokens of a context to cache, rendered exactly as a generation using it will be.
+
+        A cache may hold any of contents, a system instruction and tools: a prompt of its own
+        needs contents, a cached prefix does not.
+        """
+        prefix = GenerateContentRequest(
+            contents=cached.contents,
+            system_instruction=cached.system_instruction,
+            tools=cached.tools,
+            tool_config=cached.tool_config,
+        )
+        prepared = await self.prepare(model, prefix, prefix_only=True)
+        return sum(d.token_count for d in prepared.prompt_details(self.media_tokens))
+
     async def prepare(
         self,
         model: str,
         request: GenerateContentRequest,
         resolve_cache: CacheResolver | None = None,
+        *,
+        prefix_only: bool = False,
     ) -> Prepared:
+        """Everything a generation of `request` needs. With `prefix_only`, `request` is a
+        context to cache rather than a prompt, and may hold no contents."""
         loaded = await self._models.get(model)
         cached: CachedPrefix | None = None
         if request.cached_content:
@@ -228,7 +247,7 @@ class GenerationService:
         config = request.generation_config or GenerationConfig()
         if config.response_logprobs or config.logprobs:
             raise InvalidArgument("responseLogprobs is not supported by this server yet")
-        messages = _messages(request)
+        messages = _messages(request, allow_empty=prefix_only)
         tools = _tool_specs(request.tools)
         mode = _calling_mode(request, tools)
         allowed = _allowed_functions(request, tools)
@@ -289,7 +308,9 @@ class GenerationService:
         stops = tuple(config.stop_sequences or ()) + (rendered.stop if json_schema is None else ())
         prefix_len = 0
         if cached is not None:
-            prefix_len = await self._cached_length(loaded, formatter, guard, cached, tokens)
+            prefix_len = await self._cached_length(
+                loaded, formatter, guard, cached, offered, tokens
+            )
         return Prepared(
             images=perceived.images,
             audio_seconds=perceived.audio_seconds,
@@ -410,15 +431,18 @@ class GenerationService:
         formatter: Formatter,
         guard: ControlTokenGuard,
         cached: CachedPrefix,
+        tools: list[ToolSpec],
         tokens: list[int],
     ) -> int:
-        """How many leading prompt tokens are the cached context's (its rendering alone)."""
+        """How many leading prompt tokens are the cached context's (its rendering alone, with
+        the tools the prompt offers: a template writes them into the system turn)."""
         alone = _messages(
             GenerateContentRequest(
                 contents=cached.contents, system_instruction=cached.system_instruction
-            )
+            ),
+            allow_empty=True,
         )
-        text = (await _render(formatter, guard, alone, [])).text
+        text = (await _render(formatter, guard, alone, tools)).text
         own = await asyncio.to_thread(loaded.engine.tokenize, text)
         return min(common_prefix(own, tokens), len(tokens) - 1)
 
@@ -776,8 +800,8 @@ def _camel(name: str) -> str:
     return head + "".join(w.title() for w in rest)
 
 
-def _messages(request: GenerateContentRequest) -> list[Message]:
-    if not request.contents:
+def _messages(request: GenerateContentRequest, *, allow_empty: bool = False) -> list[Message]:
+    if not request.contents and not allow_empty:
         raise InvalidArgument("contents must not be empty")
     messages: list[Message] = []
     if request.system_instruction is not None:

@@ -38,7 +38,9 @@ class ModelSpec:
     chunks: Callable[[], list[Path]] | None = None  # None: `path` is used as it is
     sha256: str | None = None
     path: Path | None = None
+    version: str = "1"  # the model's major version, as Gemini's Model.version
     temperature: float = 0.7
+    max_temperature: float = 2.0  # requests may not sample hotter than this
     top_p: float = 0.95
     top_k: int = 40
     # Used under a JSON grammar when the request sets no frequencyPenalty: a small base model
@@ -69,6 +71,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         chunks=_qwen_chunks,
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        version="2.5",
         top_p=0.8,
         top_k=20,
     ),
@@ -80,6 +83,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         filename="gemma-3-270m-q4_k_m.gguf",
         chunks=_gemma_chunks,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        version="3",
         json_frequency_penalty=0.3,
     ),
 )
@@ -176,6 +180,14 @@ def _stamp(target: Path, spec: ModelSpec) -> list[str]:
     return [str(spec.sha256), str(st.st_size), str(st.st_mtime_ns)]
 
 
+CONTEXT_STEP = 256
+
+
+def engine_context(requested: int) -> int:
+    """The context llama.cpp gives for `requested` tokens: it rounds up to a multiple of 256."""
+    return -(-requested // CONTEXT_STEP) * CONTEXT_STEP
+
+
 @dataclass
 class LoadedModel:
     spec: ModelSpec
@@ -202,6 +214,13 @@ class ModelManager:
     @property
     def loaded(self) -> dict[str, LoadedModel]:
         return dict(self._loaded)
+
+    def context_size(self, spec: ModelSpec) -> int:
+        """The engine's context for `spec`: as loaded, or as it will be once loaded."""
+        loaded = self._loaded.get(spec.id)
+        if loaded is not None:
+            return loaded.engine.info.context_size
+        return engine_context(self._options.context_size)
 
     def spec(self, model: str) -> ModelSpec:
         model_id = model.removeprefix("models/")

@@ -79,7 +79,6 @@ async def serve(served: Served) -> None:
         service,
         Metrics(models),
         max_request_bytes=1 << 20,
-        context_size=CONTEXT,
         caches=caches.resolver,
     )
     app = Starlette(routes=[*caches.routes(), *rest.routes()])

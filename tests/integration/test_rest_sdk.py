@@ -25,11 +25,11 @@ def test_models_list_and_get(client: genai.Client) -> None:
     assert {f"models/{FAST_MODEL}", f"models/{INSTRUCT_MODEL}"} <= set(listed)
     model = client.models.get(model=FAST_MODEL)
     assert model.name == f"models/{FAST_MODEL}"
-    assert model.input_token_limit == 4096
+    assert model.input_token_limit == 4095  # --context-size 4096, less the token an answer needs
     assert model.output_token_limit == 2048
     assert model.supported_actions is not None
-    assert "generateContent" in model.supported_actions
-    assert "countTokens" in model.supported_actions
+    assert {"generateContent", "countTokens", "bidiGenerateContent"} <= set(model.supported_actions)
+    assert model.version == "3" and model.max_temperature == 2.0
 
 
 def test_generate_content_answers_and_counts_usage(client: genai.Client) -> None:

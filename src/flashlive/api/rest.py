@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 W = TypeVar("W", bound=BaseModel)
 T = TypeVar("T")
 VERSIONS = ("v1beta", "v1", "v1alpha")
-SUPPORTED_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+REST_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 
 
@@ -52,9 +52,9 @@ class RestApi:
         metrics: Metrics,
         *,
         max_request_bytes: int,
-        context_size: int,
         usage: UsageRecorder | None = None,
         caches: Callable[[Request], CacheResolver] | None = None,
+        live: bool = False,
     ) -> None:
         self._usage = usage
         self._caches = caches
@@ -62,7 +62,12 @@ class RestApi:
         self._service = service
         self._metrics = metrics
         self._max_bytes = max_request_bytes
-        self._context_size = context_size
+        # What a model resource lists is what this server answers for every model.
+        self._methods = [
+            *REST_METHODS,
+            *(["createCachedContent"] if caches is not None else []),
+            *(["bidiGenerateContent"] if live else []),
+        ]
 
     def routes(self) -> list[Route]:
         routes = []
@@ -79,14 +84,15 @@ class RestApi:
         return Model(
             name=f"models/{spec.id}",
             base_model_id=spec.id,
-            version="001",
+            version=spec.version,
             display_name=spec.display_name,
             description=spec.description,
-            input_token_limit=self._context_size,
+            # The longest prompt accepted: an answer needs at least one token of the context.
+            input_token_limit=self._models.context_size(spec) - 1,
             output_token_limit=self._service.output_token_limit,
-            supported_generation_methods=SUPPORTED_METHODS,
+            supported_generation_methods=self._methods,
             temperature=spec.temperature,
-            max_temperature=2.0,
+            max_temperature=spec.max_temperature,
             top_p=spec.top_p,
             top_k=spec.top_k,
         )
@@ -116,7 +122,7 @@ class RestApi:
                 if action:
                     raise NotFound(f"GET is not defined for :{action}")
                 return JSONResponse(self._model_resource(self._models.spec(model)).dump())
-            if action not in SUPPORTED_METHODS:
+            if action not in REST_METHODS:
                 raise NotFound(f"method :{action} is not supported on models/{model}")
         except FlashliveError as exc:
             return error_response(exc)

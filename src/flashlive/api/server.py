@@ -233,7 +233,6 @@ async def serve(settings: Settings) -> None:
         keys=keys,
         default_model=default_model,
         max_request_bytes=settings.max_request_bytes,
-        context_size=settings.context_size,
         live=live,
         usage=usage,
         caches=caches,

@@ -289,6 +289,11 @@ class GenerationService:
                 f"{self.output_token_limit}"
             )
         spec = loaded.spec
+        if config.temperature is not None and config.temperature > spec.max_temperature:
+            raise InvalidArgument(
+                f"temperature is {config.temperature:g}; models/{spec.id} takes at most "
+                f"{spec.max_temperature:g}"
+            )
         params = SamplingParams(
             temperature=spec.temperature if config.temperature is None else config.temperature,
             top_p=spec.top_p if config.top_p is None else config.top_p,

@@ -1,7 +1,7 @@
-"""REST streaming when the engine fails part-way: the client can tell, the server logs it.
+"""REST routes and the generation service over a scripted engine.
 
-The routes and the generation service are the real ones; only the engine is a double, one that
-decodes a few pieces and then fails, as a crashed decode would.
+The routes and the service are the real ones; only the engine is a double: one that decodes a
+few pieces and then, when told to, fails as a crashed decode would.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -61,8 +62,9 @@ class FailingEngine:
         return PrefixState(MODEL, tuple(tokens or ()), b"")
 
 
-def app_with(tmp_path: Path, engine: FailingEngine) -> httpx.AsyncClient:
-    models = ModelManager(list(BUILTIN_MODELS), models_dir=tmp_path, options=LlamaCppOptions())
+def app_with(tmp_path: Path, engine: FailingEngine, **spec: Any) -> httpx.AsyncClient:
+    specs = [replace(s, **spec) if s.id == MODEL else s for s in BUILTIN_MODELS]
+    models = ModelManager(specs, models_dir=tmp_path, options=LlamaCppOptions())
     spec = models.spec(MODEL)
     models._loaded[MODEL] = LoadedModel(spec=spec, engine=engine)  # type: ignore[arg-type]
     service = GenerationService(models, output_token_limit=64)
@@ -72,7 +74,6 @@ def app_with(tmp_path: Path, engine: FailingEngine) -> httpx.AsyncClient:
         keys=ApiKeys(frozenset()),
         default_model=MODEL,
         max_request_bytes=4096,
-        context_size=512,
         live=LiveServices(models, service, Perception(), LiveLimits()),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
@@ -133,3 +134,16 @@ def test_the_sdk_raises_on_an_error_element() -> None:
     assert json.loads(next(chunks).body or "{}") == {"candidates": []}
     with pytest.raises(errors.ServerError, match="boom"):
         next(chunks)
+
+
+async def test_a_request_hotter_than_the_models_max_temperature_is_refused(tmp_path: Path) -> None:
+    engine = FailingEngine(["Hi."], None)
+    async with app_with(tmp_path, engine, max_temperature=1.0) as client:
+        model = (await client.get(f"/v1beta/models/{MODEL}")).json()
+        assert model["maxTemperature"] == 1.0
+        url = f"/v1beta/models/{MODEL}:generateContent"
+        hot = await client.post(url, json={**BODY, "generationConfig": {"temperature": 1.5}})
+        assert hot.status_code == 400
+        assert "at most 1" in hot.json()["error"]["message"]
+        ok = await client.post(url, json={**BODY, "generationConfig": {"temperature": 1.0}})
+        assert ok.status_code == 200

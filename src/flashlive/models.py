@@ -14,12 +14,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from flashlive.aliases import ModelAlias
 from flashlive.engine.llamacpp import LlamaCppEngine, LlamaCppOptions
 from flashlive.errors import NotFound, Unavailable
 
@@ -195,12 +196,25 @@ class LoadedModel:
 
 
 class ModelManager:
-    """Knows every servable model; loads each on first use and keeps it loaded."""
+    """Knows every servable model and the aliases they answer to; loads each model on first use
+    and keeps it loaded."""
 
     def __init__(
-        self, specs: list[ModelSpec], *, models_dir: Path, options: LlamaCppOptions
+        self,
+        specs: list[ModelSpec],
+        *,
+        models_dir: Path,
+        options: LlamaCppOptions,
+        aliases: Sequence[ModelAlias] = (),
     ) -> None:
         self._specs = {s.id: s for s in specs}
+        unknown = sorted({a.target for a in aliases} - set(self._specs))
+        if unknown:
+            raise ValueError(
+                f"model aliases name unknown models: {', '.join(unknown)}; known: "
+                + ", ".join(self._specs)
+            )
+        self.aliases = tuple(aliases)
         self._models_dir = models_dir
         self._options = options
         self._loaded: dict[str, LoadedModel] = {}
@@ -223,14 +237,17 @@ class ModelManager:
         return engine_context(self._options.context_size)
 
     def spec(self, model: str) -> ModelSpec:
+        """The model a name stands for: its own id, else the first alias that matches it."""
         model_id = model.removeprefix("models/")
-        try:
-            return self._specs[model_id]
-        except KeyError:
-            raise NotFound(
-                f"model models/{model_id} is not found; available: "
-                + ", ".join(f"models/{m}" for m in self._specs)
-            ) from None
+        if (spec := self._specs.get(model_id)) is not None:
+            return spec
+        for alias in self.aliases:
+            if alias.matches(model_id):
+                return self._specs[alias.target]
+        raise NotFound(
+            f"model models/{model_id} is not found; available: "
+            + ", ".join(f"models/{m}" for m in self._specs)
+        )
 
     async def get(self, model: str) -> LoadedModel:
         spec = self.spec(model)

@@ -82,13 +82,15 @@ class FakeEngine:
 
 
 class FakeModels:
+    """One model, "m"; any name starting "gemini-" is an alias of it."""
+
     def __init__(self, context_size: int = 4096) -> None:
         self.engine = FakeEngine(context_size)
 
     async def get(self, model: str) -> object:
-        if model != "m":
+        if model != "m" and not model.startswith("gemini-"):
             raise NotFound(f"models/{model} is not found")
-        return SimpleNamespace(engine=self.engine)
+        return SimpleNamespace(engine=self.engine, spec=SimpleNamespace(id="m"))
 
 
 class FakeGeneration:
@@ -364,6 +366,21 @@ async def test_each_answered_turn_writes_one_usage_record() -> None:
     assert ledger.records[0].output_tokens["TEXT"] > 0  # cut off: what was streamed so far
     assert ledger.records[1].total_output == 200
     assert len({r.request_id for r in ledger.records}) == 2
+
+
+async def test_a_session_opened_on_an_alias_bills_the_model_that_answered() -> None:
+    transport, generation = FakeTransport(), FakeGeneration(["Hi."])
+    live = services(generation)
+    live.ledger = ledger = ListLedger()
+    session = LiveSession(transport, live)
+    task = asyncio.create_task(serve_session(session))
+    transport.client({"setup": {"model": "models/gemini-3.8-live"}})
+    transport.client({"realtimeInput": {"text": "hello"}})
+    await transport.wait_for(has("turnComplete"))
+    await asyncio.sleep(0.05)
+    transport.inbound.put_nowait(None)
+    await task
+    assert [r.model for r in ledger.records] == ["m"]
 
 
 async def test_a_key_over_its_quota_gets_no_more_turns() -> None:

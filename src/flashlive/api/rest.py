@@ -80,13 +80,22 @@ class RestApi:
             ]
         return routes
 
-    def _model_resource(self, spec: ModelSpec) -> Model:
+    def _model_resource(self, spec: ModelSpec, name: str | None = None) -> Model:
+        """The resource of `spec`, or of the alias `name` that stands for it."""
+        if name is None or name == spec.id:
+            display, description = spec.display_name, spec.description
+            globs = [a.pattern for a in self._models.aliases if a.is_glob and a.target == spec.id]
+            if globs:
+                description += " Also answers to " + ", ".join(globs) + " (model aliases)."
+        else:
+            display = f"{name} (alias of {spec.id})"
+            description = f"models/{name} is answered by models/{spec.id}. {spec.description}"
         return Model(
-            name=f"models/{spec.id}",
+            name=f"models/{name or spec.id}",
             base_model_id=spec.id,
             version=spec.version,
-            display_name=spec.display_name,
-            description=spec.description,
+            display_name=display,
+            description=description,
             # The longest prompt accepted: an answer needs at least one token of the context.
             input_token_limit=self._models.context_size(spec) - 1,
             output_token_limit=self._service.output_token_limit,
@@ -105,11 +114,14 @@ class RestApi:
             return error_response(InvalidArgument("pageSize and pageToken must be integers"))
         if size < 1 or start < 0:
             return error_response(InvalidArgument("pageSize must be positive"))
-        specs = self._models.specs
-        page = specs[start : start + size]
-        more = start + size < len(specs)
+        listed = [self._model_resource(s) for s in self._models.specs] + [
+            self._model_resource(self._models.spec(a.target), a.pattern)
+            for a in self._models.aliases
+            if not a.is_glob
+        ]
+        more = start + size < len(listed)
         body = ListModelsResponse(
-            models=[self._model_resource(s) for s in page],
+            models=listed[start : start + size],
             next_page_token=str(start + size) if more else None,
         )
         return JSONResponse(body.dump())
@@ -121,7 +133,9 @@ class RestApi:
             if request.method == "GET":
                 if action:
                     raise NotFound(f"GET is not defined for :{action}")
-                return JSONResponse(self._model_resource(self._models.spec(model)).dump())
+                spec = self._models.spec(model)
+                named = model.removeprefix("models/")
+                return JSONResponse(self._model_resource(spec, named).dump())
             if action not in REST_METHODS:
                 raise NotFound(f"method :{action} is not supported on models/{model}")
         except FlashliveError as exc:

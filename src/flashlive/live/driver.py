@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -287,6 +287,7 @@ class LiveSession:
         self.setup = setup
         config = LiveConfig.from_setup(setup)
         loaded = await self.services.models.get(config.model)  # NotFound → 1008 with its message
+        config = replace(config, model=loaded.spec.id)  # an alias's turns name the real model
         if config.base.cached_content:
             if self.services.caches is None:
                 raise FailedPrecondition("cachedContent is not available on this server")

@@ -245,6 +245,42 @@ def test_forced_function_call_is_a_valid_declared_call(client: genai.Client, mod
         assert isinstance(calls[0].args["city"], str)
 
 
+VOICE_ASSISTANT = (  # the kind of system prompt a voice pipeline (Pipecat) sends
+    "You are a helpful LLM in a voice conversation. Your output will be converted to audio so "
+    "don't include special characters in your answers. Respond to what the user said in a "
+    "creative and helpful way."
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "system"),
+    [("AUTO", None), ("VALIDATED", VOICE_ASSISTANT)],
+    ids=["auto", "validated-voice-assistant"],
+)
+def test_asking_for_the_tool_gets_a_well_formed_call(
+    client: genai.Client, mode: str, system: str | None
+) -> None:
+    """Seen before: Qwen wrote the call with its template's doubled braces, or echoed the
+    tool list's tag, and the answer came back as text. Seeded, so each try replays."""
+    for seed in range(3):
+        response = client.models.generate_content(
+            model=INSTRUCT_MODEL,
+            contents="What's the weather in Paris? Use the tool.",
+            config=config(
+                seed=seed,
+                system_instruction=system,
+                tools=[types.Tool(function_declarations=[WEATHER])],
+                tool_config=types.ToolConfig(
+                    function_calling_config=types.FunctionCallingConfig(mode=mode)  # type: ignore[arg-type]
+                ),
+                automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+            ),
+        )
+        calls = response.function_calls
+        assert calls, (seed, response.text)
+        assert calls[0].name == "get_weather" and calls[0].args == {"city": "Paris"}
+
+
 def test_mode_none_answers_in_text(client: genai.Client) -> None:
     response = client.models.generate_content(
         model=FAST_MODEL, contents="What is the weather in Paris?", config=forced("NONE")

@@ -21,7 +21,7 @@ from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.generation.prompt import TOOL_CALL_OPEN
 from flashlive.generation.service import GenerationService
 from flashlive.models import BUILTIN_MODELS, LoadedModel, ModelManager
-from flashlive.protocol.generate import GenerateContentRequest
+from flashlive.protocol.generate import GenerateContentRequest, GenerationConfig
 
 MODEL = "gemma-3-270m"  # prompted as plain text: no chat template needed
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -156,3 +156,13 @@ async def test_a_call_cut_short_by_max_tokens_says_so(tmp_path: Path) -> None:
     assert response.candidates[0].finish_reason == "MAX_TOKENS"
     assert not any(p.function_call for p in response.candidates[0].content.parts)
     assert engine.asked[1].params.max_tokens == 1  # what the first pass left of the budget
+
+
+async def test_a_json_answer_beside_tools_is_no_call(tmp_path: Path) -> None:
+    engine = ScriptedEngine([['{"city": ', '"Paris"}']])
+    asked = request().model_copy(
+        update={"generation_config": GenerationConfig(response_mime_type="application/json")}
+    )
+    response = await service_over(tmp_path, engine).generate(MODEL, asked)
+    assert response.candidates[0].content.parts[0].text == '{"city": "Paris"}'
+    assert len(engine.asked) == 1  # no second pass: a brace opens the JSON answer asked for

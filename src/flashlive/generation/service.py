@@ -120,6 +120,7 @@ class Prepared:
     enum_answer: bool = False  # the output is one JSON string, answered without its quotes
     capture_calls: bool = False  # watch the text for tool calls (modes AUTO, VALIDATED)
     prompt_text: str = ""  # what `tokens` are the tokens of
+    call_grammar: str | None = None  # for a call a free answer begins (modes AUTO, VALIDATED)
     functions: dict[str, dict[str, Any]] = field(default_factory=dict)
     prefix_key: str | None = None  # the cachedContent whose state this prompt begins with
     prefix_len: int = 0
@@ -279,6 +280,13 @@ class GenerationService:
         grammar = (
             await _checked_grammar(loaded, json_schema, where) if json_schema is not None else None
         )
+        call_grammar = None
+        if mode is FunctionCallingMode.AUTO and offered and json_schema is None:
+            # A free answer may begin a call: its grammar is checked now, before any text.
+            for name, parameters in functions.items():
+                schema_grammar(parameters, f"functionDeclarations[{name}].parameters")
+            schema = function_call_schema(functions)
+            call_grammar = await _checked_grammar(loaded, schema, "functionDeclarations")
         # A 20 MB prompt takes a while to tokenize: keep that off the event loop.
         tokens = await asyncio.to_thread(loaded.engine.tokenize, text)
         limit = loaded.engine.info.context_size
@@ -294,6 +302,7 @@ class GenerationService:
                 f"{self.output_token_limit}"
             )
         spec = loaded.spec
+        capture_calls = mode is FunctionCallingMode.AUTO and bool(offered)
         if config.temperature is not None and config.temperature > spec.max_temperature:
             raise InvalidArgument(
                 f"temperature is {config.temperature:g}; models/{spec.id} takes at most "
@@ -334,8 +343,9 @@ class GenerationService:
             stops=stops,
             forced_call=mode is FunctionCallingMode.ANY,
             enum_answer=(config.response_mime_type or "").lower() == ENUM_MIME,
-            capture_calls=mode is FunctionCallingMode.AUTO and bool(offered),
+            capture_calls=capture_calls,
             prompt_text=text,
+            call_grammar=call_grammar,
             functions=functions,
         )
 
@@ -663,12 +673,12 @@ class GenerationService:
                 if visible:
                     outcome.text += visible
                     yield visible
-                if stops.stopped or _opens_call(split):
+                if stops.stopped or _opens_call(split, prepared):
                     break
         finally:
             await stream.aclose()
         raw = "".join(held) if held is not None else (split.captured if split else None)
-        if _opens_call(split):
+        if _opens_call(split, prepared):
             raw, cause = await self._decode_call(prepared, outcome)
         if cause is not FinishCause.CANCELLED:
             await self._leave_state(prepared)
@@ -706,9 +716,7 @@ class GenerationService:
         budget = prepared.params.max_tokens - outcome.generated
         if budget < 1 or len(tokens) >= engine.info.context_size:
             return "", FinishCause.LENGTH
-        schema = function_call_schema(prepared.functions)
-        grammar = await _checked_grammar(prepared.model, schema, "functionDeclarations")
-        params = replace(prepared.params, max_tokens=budget, grammar=grammar)
+        params = replace(prepared.params, max_tokens=budget, grammar=prepared.call_grammar)
         raw, cause = TOOL_CALL_OPEN, FinishCause.LENGTH
         stream = engine.stream(tokens, params)
         try:
@@ -767,10 +775,15 @@ def _spans(scenes: list[tuple[float, str]], end: float) -> list[tuple[float, flo
     return spans
 
 
-def _opens_call(split: MarkerSplit | None) -> bool:
-    """Whether the answer has begun a call: the call marker anywhere, or a call's start first."""
+def _opens_call(split: MarkerSplit | None, prepared: Prepared) -> bool:
+    """Whether a free answer has begun a call: the call marker anywhere, or a call's start
+    first. (An answer under a JSON response schema opens with a brace: that is no call.)"""
     captured = split.captured if split is not None else None
-    return captured is not None and captured.lstrip().startswith((TOOL_CALL_OPEN, *CALL_STARTS))
+    return (
+        prepared.call_grammar is not None
+        and captured is not None
+        and captured.lstrip().startswith((TOOL_CALL_OPEN, *CALL_STARTS))
+    )
 
 
 def _held(prepared: Prepared) -> int:

@@ -27,6 +27,7 @@ from flashlive.errors import (
 from flashlive.generation.service import CacheResolver, GenerationService
 from flashlive.ledger.records import UsageRecord
 from flashlive.models import ModelManager, ModelSpec
+from flashlive.protocol.decisions import first_refusal
 from flashlive.protocol.generate import (
     CountTokensRequest,
     GenerateContentRequest,
@@ -332,6 +333,9 @@ def _validated(body: bytes | bytearray, model: type[W]) -> W:
     if not isinstance(data, dict):
         raise InvalidArgument("Invalid JSON payload received. The body must be a JSON object.")
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
+    if (refusal := first_refusal(parsed)) is not None:
+        raise InvalidArgument(refusal)
+    return parsed

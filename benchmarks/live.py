@@ -341,7 +341,7 @@ class Turn:
                     self.first_audio_at = at
         said = content.get("outputTranscription")
         if said is not None and said.get("text"):
-            self.spoken += ("" if not self.spoken else " ") + str(said["text"])
+            self.spoken += str(said["text"])  # each piece carries its own leading space
         if content.get("interrupted") and not early and self.interrupted_at is None:
             self.interrupted_at = at
         if content.get("turnComplete") and not early and self.complete_at is None:

@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path)
     serve.add_argument("--tls-key", type=Path)
     serve.add_argument("--model", help="a registry model id or a path to a .gguf file")
+    serve.add_argument(
+        "--model-alias",
+        action="append",
+        metavar="PATTERN=MODEL",
+        help="another name (or glob, e.g. 'gemini-*') a model answers to; repeatable",
+    )
     serve.add_argument("--data-dir", type=Path)
     serve.add_argument("--models-dir", type=Path)
     serve.add_argument(
@@ -109,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in vars(args).items()
         if v is not None and k not in ("command", "engine_only") and not k.startswith("usage_")
     }
+    if "model_alias" in overrides:  # repeated flags; the environment variable is comma-separated
+        overrides["model_alias"] = ",".join(overrides["model_alias"])
     settings = Settings(**overrides)
     if args.command == "ca-path":
         print(ca_path(settings.data_dir))

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     model: str = "qwen2.5-coder-1.5b-instruct"  # the model loaded at start: a registry id or a path
+    # Other names models answer to: comma-separated PATTERN=MODEL, globs allowed (aliases.py).
+    model_alias: str | None = None
     data_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share"))
     # Assembled model files are large and rebuildable: they live in the cache, not the data dir.
     models_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "models")

@@ -14,12 +14,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from flashlive.aliases import ModelAlias
 from flashlive.engine.llamacpp import LlamaCppEngine, LlamaCppOptions
 from flashlive.errors import NotFound, Unavailable
 
@@ -38,7 +39,9 @@ class ModelSpec:
     chunks: Callable[[], list[Path]] | None = None  # None: `path` is used as it is
     sha256: str | None = None
     path: Path | None = None
+    version: str = "1"  # the model's major version, as Gemini's Model.version
     temperature: float = 0.7
+    max_temperature: float = 2.0  # requests may not sample hotter than this
     top_p: float = 0.95
     top_k: int = 40
     # Used under a JSON grammar when the request sets no frequencyPenalty: a small base model
@@ -69,6 +72,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         chunks=_qwen_chunks,
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        version="2.5",
         top_p=0.8,
         top_k=20,
     ),
@@ -80,6 +84,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         filename="gemma-3-270m-q4_k_m.gguf",
         chunks=_gemma_chunks,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        version="3",
         json_frequency_penalty=0.3,
     ),
 )
@@ -176,6 +181,14 @@ def _stamp(target: Path, spec: ModelSpec) -> list[str]:
     return [str(spec.sha256), str(st.st_size), str(st.st_mtime_ns)]
 
 
+CONTEXT_STEP = 256
+
+
+def engine_context(requested: int) -> int:
+    """The context llama.cpp gives for `requested` tokens: it rounds up to a multiple of 256."""
+    return -(-requested // CONTEXT_STEP) * CONTEXT_STEP
+
+
 @dataclass
 class LoadedModel:
     spec: ModelSpec
@@ -183,12 +196,25 @@ class LoadedModel:
 
 
 class ModelManager:
-    """Knows every servable model; loads each on first use and keeps it loaded."""
+    """Knows every servable model and the aliases they answer to; loads each model on first use
+    and keeps it loaded."""
 
     def __init__(
-        self, specs: list[ModelSpec], *, models_dir: Path, options: LlamaCppOptions
+        self,
+        specs: list[ModelSpec],
+        *,
+        models_dir: Path,
+        options: LlamaCppOptions,
+        aliases: Sequence[ModelAlias] = (),
     ) -> None:
         self._specs = {s.id: s for s in specs}
+        unknown = sorted({a.target for a in aliases} - set(self._specs))
+        if unknown:
+            raise ValueError(
+                f"model aliases name unknown models: {', '.join(unknown)}; known: "
+                + ", ".join(self._specs)
+            )
+        self.aliases = tuple(aliases)
         self._models_dir = models_dir
         self._options = options
         self._loaded: dict[str, LoadedModel] = {}
@@ -203,15 +229,25 @@ class ModelManager:
     def loaded(self) -> dict[str, LoadedModel]:
         return dict(self._loaded)
 
+    def context_size(self, spec: ModelSpec) -> int:
+        """The engine's context for `spec`: as loaded, or as it will be once loaded."""
+        loaded = self._loaded.get(spec.id)
+        if loaded is not None:
+            return loaded.engine.info.context_size
+        return engine_context(self._options.context_size)
+
     def spec(self, model: str) -> ModelSpec:
+        """The model a name stands for: its own id, else the first alias that matches it."""
         model_id = model.removeprefix("models/")
-        try:
-            return self._specs[model_id]
-        except KeyError:
-            raise NotFound(
-                f"model models/{model_id} is not found; available: "
-                + ", ".join(f"models/{m}" for m in self._specs)
-            ) from None
+        if (spec := self._specs.get(model_id)) is not None:
+            return spec
+        for alias in self.aliases:
+            if alias.matches(model_id):
+                return self._specs[alias.target]
+        raise NotFound(
+            f"model models/{model_id} is not found; available: "
+            + ", ".join(f"models/{m}" for m in self._specs)
+        )
 
     async def get(self, model: str) -> LoadedModel:
         spec = self.spec(model)

@@ -75,7 +75,11 @@ async def serve(served: Served) -> None:
     served.registry = CacheRegistry(served.data_dir, min_tokens=MIN_TOKENS)
     caches = CachesApi(served.registry, service, models, owner_of, max_request_bytes=1 << 20)
     rest = RestApi(
-        models, service, Metrics(models), max_request_bytes=1 << 20, context_size=CONTEXT
+        models,
+        service,
+        Metrics(models),
+        max_request_bytes=1 << 20,
+        caches=caches.resolver,
     )
     app = Starlette(routes=[*caches.routes(), *rest.routes()])
     config = uvicorn.Config(
@@ -158,6 +162,47 @@ def test_the_cached_prefix_is_kept_for_generation(served: Served) -> None:
     assert prefix.contents[0].parts[0].text == DOCUMENT
     assert prefix.system_instruction is not None
     assert prefix.system_instruction.parts[0].text == "Answer from the log."
+
+
+WEATHER = types.FunctionDeclaration(
+    name="get_weather",
+    description="Current weather for a city. " + DOCUMENT,  # long enough to be worth caching
+    parameters=types.Schema(
+        type=types.Type.OBJECT, properties={"city": types.Schema(type=types.Type.STRING)}
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        {"system_instruction": DOCUMENT + " Answer from the log."},
+        {"tools": [types.Tool(function_declarations=[WEATHER])]},
+    ],
+    ids=["system-instruction", "tools"],
+)
+def test_a_cache_may_hold_no_contents(served: Served, held: dict[str, object]) -> None:
+    c = client(served)
+    made = create(c, contents=None, ttl="300s", **held)
+    assert made.name and made.usage_metadata
+    assert (made.usage_metadata.total_token_count or 0) >= MIN_TOKENS
+    question = "How many seals were on the rocks?"
+    settings = {"temperature": 0, "max_output_tokens": 8}
+    cached = c.models.generate_content(
+        model=FAST_MODEL,
+        contents=question,
+        config=types.GenerateContentConfig(cached_content=made.name, **settings),  # type: ignore[arg-type]
+    )
+    inline = c.models.generate_content(
+        model=FAST_MODEL,
+        contents=question,
+        config=types.GenerateContentConfig(**held, **settings),  # type: ignore[arg-type]
+    )
+    assert cached.usage_metadata and inline.usage_metadata
+    # The cache's part is in the prompt, and its state was restored rather than recomputed.
+    assert cached.usage_metadata.prompt_token_count == inline.usage_metadata.prompt_token_count
+    assert (cached.usage_metadata.cached_content_token_count or 0) >= MIN_TOKENS - 10
+    assert cached.text == inline.text
 
 
 def test_list_pages_through_only_my_caches(served: Served) -> None:

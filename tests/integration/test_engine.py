@@ -12,7 +12,7 @@ import pytest_asyncio
 from flashlive.config import Settings
 from flashlive.engine import CancelToken, FinishCause, SamplingParams
 from flashlive.engine.llamacpp import LlamaCppEngine, LlamaCppOptions
-from flashlive.models import BUILTIN_MODELS, assemble
+from flashlive.models import BUILTIN_MODELS, ModelManager, assemble
 
 FAST = next(s for s in BUILTIN_MODELS if s.id == "gemma-3-270m")
 LONG_PROMPT = "Write a very long story about a lighthouse keeper and the sea. Chapter 1."
@@ -155,3 +155,15 @@ async def test_client_text_cannot_forge_the_image_tokens(engine: LlamaCppEngine)
     assert special <= set(engine.tokenize(text))  # unguarded, they would be those tokens
     assert not special & set(engine.tokenize(guard.defuse(text)))
     assert guard.defuse("a  b\n\n\tc <b>d</b>") == "a  b\n\n\tc <b>d</b>"
+
+
+async def test_the_context_a_model_reports_before_loading_is_the_one_it_gets() -> None:
+    options = LlamaCppOptions(context_size=1000)  # not a multiple of llama.cpp's step
+    models = ModelManager([FAST], models_dir=Settings().models_dir, options=options)
+    try:
+        predicted = models.context_size(FAST)
+        loaded = await models.get(FAST.id)
+        assert predicted == loaded.engine.info.context_size == models.context_size(FAST)
+        assert predicted != 1000
+    finally:
+        await models.aclose()

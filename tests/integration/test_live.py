@@ -71,7 +71,8 @@ def transcript(messages: list[types.LiveServerMessage], kind: str) -> str:
         found = getattr(content, kind, None) if content else None
         if found is not None and found.text:
             pieces.append(found.text)
-    return " ".join(pieces)
+    # Output pieces carry their own leading space, as Gemini's do; input ones are whole turns.
+    return ("" if kind == "output_transcription" else " ").join(pieces)
 
 
 def audio_of(messages: list[types.LiveServerMessage]) -> tuple[bytes, set[str]]:
@@ -454,16 +455,18 @@ async def test_a_disconnect_stops_the_answer_at_once(server: Server) -> None:
     assert generations_running(server) == 0
 
 
-async def test_a_live_session_can_start_from_a_cached_content(server: Server) -> None:
+@pytest.mark.parametrize("holding", ["contents", "systemInstruction"])
+async def test_a_live_session_can_start_from_a_cached_content(server: Server, holding: str) -> None:
     notes = " ".join(
         f"Note {i}: the locker code of room {i} is {1000 + 37 * i}." for i in range(25)
     )
     facts = notes + " The secret password of the blue door is marmalade."
+    held: dict[str, Any] = {"parts": [{"text": facts}]}
     created = httpx.post(
         f"{server.base_url}/v1beta/cachedContents",
         json={
             "model": f"models/{FAST_MODEL}",
-            "contents": [{"role": "user", "parts": [{"text": facts}]}],
+            holding: [{"role": "user", **held}] if holding == "contents" else held,
             "ttl": "120s",
         },
         timeout=60,

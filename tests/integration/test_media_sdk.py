@@ -162,6 +162,34 @@ def test_a_video_is_watched_in_time_order_and_billed_as_video(client: genai.Clie
     assert counted.total_tokens == sum(details.values())
 
 
+def test_video_metadata_clips_the_video_and_media_resolution_sets_its_cost(
+    client: genai.Client,
+) -> None:
+    clip = types.Part(
+        inline_data=types.Blob(data=video(["RED", "GREEN", "BLUE"]), mime_type="video/mp4"),
+        video_metadata=types.VideoMetadata(start_offset="1s", end_offset="2s", fps=2),
+    )
+    contents = [clip, "Which word does the video show? Answer with the word only."]
+    response = client.models.generate_content(
+        model=INSTRUCT_MODEL,
+        contents=contents,
+        config=types.GenerateContentConfig(max_output_tokens=8, temperature=0.0),
+    )
+    answer = (response.text or "").upper()
+    assert "GREEN" in answer and "RED" not in answer and "BLUE" not in answer, answer
+    details = billed(response)
+    assert details[types.MediaModality.VIDEO] == 2 * 263  # one second at two frames a second
+    assert details[types.MediaModality.AUDIO] == 32
+    low = client.models.generate_content(
+        model=INSTRUCT_MODEL,
+        contents=[types.Part.from_bytes(data=sign("EXIT"), mime_type="image/jpeg"), "Read it."],
+        config=types.GenerateContentConfig(
+            max_output_tokens=1, media_resolution=types.MediaResolution.MEDIA_RESOLUTION_LOW
+        ),
+    )
+    assert billed(low)[types.MediaModality.IMAGE] == 64
+
+
 @pytest.mark.parametrize(
     ("data", "mime", "complaint"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import ssl
 import subprocess
@@ -76,6 +77,42 @@ def test_prompt_longer_than_the_context_is_rejected(http: httpx.Client) -> None:
     body = {"contents": [{"parts": [{"text": "word " * 6000}]}]}
     message = assert_gemini_error(http.post(GENERATE, json=body), 400, "INVALID_ARGUMENT")
     assert "input tokens" in message
+
+
+async def test_the_model_resource_lists_what_the_server_does(
+    http: httpx.Client, server: Server
+) -> None:
+    import websockets
+
+    model = http.get(f"/v1beta/models/{FAST_MODEL}").json()
+    assert model["version"] == "3" and model["maxTemperature"] == 2.0
+    # inputTokenLimit is the limit the engine enforces: a longer prompt's refusal names it.
+    body = {"contents": [{"parts": [{"text": "word " * 6000}]}]}
+    refused = http.post(GENERATE, json=body).json()["error"]["message"]
+    assert f"takes at most {model['inputTokenLimit']} input tokens" in refused
+    methods = model["supportedGenerationMethods"]
+    assert set(methods) == {
+        "generateContent",
+        "streamGenerateContent",
+        "countTokens",
+        "createCachedContent",
+        "bidiGenerateContent",
+    }
+    small = {**HELLO, "generationConfig": {"maxOutputTokens": 2}}
+    for method in ("generateContent", "streamGenerateContent", "countTokens"):
+        body = HELLO if method == "countTokens" else small
+        served = http.post(f"/v1beta/models/{FAST_MODEL}:{method}", json=body)
+        assert served.status_code == 200, (method, served.text)
+    assert http.post(f"/v1beta/models/{FAST_MODEL}:embedContent", json=HELLO).status_code == 404
+    cache = {
+        "model": f"models/{FAST_MODEL}",
+        "systemInstruction": {"parts": [{"text": "A long rule. " * 60}]},
+    }
+    assert http.post("/v1beta/cachedContents", json=cache).status_code == 200
+    path = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    async with websockets.connect(server.base_url.replace("http", "ws") + path) as ws:
+        await ws.send(json.dumps({"setup": {"model": f"models/{FAST_MODEL}"}}))
+        assert "setupComplete" in await ws.recv()
 
 
 def test_stream_without_sse_is_a_json_array(http: httpx.Client) -> None:

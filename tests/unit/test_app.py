@@ -17,7 +17,8 @@ from flashlive.models import BUILTIN_MODELS, ModelManager
 
 
 def client(tmp_path: Path, keys: frozenset[str] = frozenset()) -> httpx.AsyncClient:
-    models = ModelManager(list(BUILTIN_MODELS), models_dir=tmp_path, options=LlamaCppOptions())
+    options = LlamaCppOptions(context_size=500)  # llama.cpp makes that 512
+    models = ModelManager(list(BUILTIN_MODELS), models_dir=tmp_path, options=options)
     service = GenerationService(models, output_token_limit=64)
     app = build_app(
         models=models,
@@ -25,7 +26,6 @@ def client(tmp_path: Path, keys: frozenset[str] = frozenset()) -> httpx.AsyncCli
         keys=ApiKeys(keys),
         default_model=BUILTIN_MODELS[0].id,
         max_request_bytes=2048,
-        context_size=512,
         live=LiveServices(models, service, Perception(), LiveLimits()),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
@@ -45,7 +45,17 @@ async def test_models_are_listed_without_loading_them(tmp_path: Path) -> None:
     names = [m["name"] for m in page["models"] + rest["models"]]
     assert names == [f"models/{s.id}" for s in BUILTIN_MODELS]
     assert "nextPageToken" not in rest
-    assert page["models"][0]["inputTokenLimit"] == 512
+    first = page["models"][0]
+    assert first["inputTokenLimit"] == 511  # the context, less the token an answer needs
+    assert first["version"] == BUILTIN_MODELS[0].version
+    assert first["maxTemperature"] == BUILTIN_MODELS[0].max_temperature
+    # Live is served, caches are not (this app has no cache registry).
+    assert first["supportedGenerationMethods"] == [
+        "generateContent",
+        "streamGenerateContent",
+        "countTokens",
+        "bidiGenerateContent",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +122,6 @@ def live_app(tmp_path: Path, keys: frozenset[str] = frozenset()) -> Any:
         keys=ApiKeys(keys),
         default_model=BUILTIN_MODELS[0].id,
         max_request_bytes=4096,
-        context_size=512,
         live=LiveServices(models, service, Perception(), LiveLimits()),
     )
 

@@ -37,7 +37,6 @@ def client(tmp_path: Path, keys: frozenset[str] = frozenset()) -> httpx.AsyncCli
         keys=ApiKeys(keys),
         default_model=MODEL,
         max_request_bytes=1 << 20,
-        context_size=512,
         live=LiveServices(models, service, Perception(), LiveLimits()),
         caches=CacheRegistry(tmp_path / "data", min_tokens=0),
     )
@@ -124,7 +123,6 @@ def billed_client(tmp_path: Path, ledger: RecordingLedger) -> httpx.AsyncClient:
         keys=ApiKeys(frozenset()),
         default_model=MODEL,
         max_request_bytes=1 << 20,
-        context_size=512,
         live=LiveServices(
             models, GenerationService(models, output_token_limit=64), Perception(), LiveLimits()
         ),

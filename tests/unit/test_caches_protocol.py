@@ -8,13 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
+from flashlive.protocol.base import format_duration, parse_duration
 from flashlive.protocol.caches import (
     CachedContent,
     CachedContentUsageMetadata,
     CreateCachedContentRequest,
     expiration_update,
-    format_duration,
-    parse_duration,
 )
 
 

@@ -82,13 +82,15 @@ class FakeEngine:
 
 
 class FakeModels:
+    """One model, "m"; any name starting "gemini-" is an alias of it."""
+
     def __init__(self, context_size: int = 4096) -> None:
         self.engine = FakeEngine(context_size)
 
     async def get(self, model: str) -> object:
-        if model != "m":
+        if model != "m" and not model.startswith("gemini-"):
             raise NotFound(f"models/{model} is not found")
-        return SimpleNamespace(engine=self.engine)
+        return SimpleNamespace(engine=self.engine, spec=SimpleNamespace(id="m"))
 
 
 class FakeGeneration:
@@ -366,6 +368,21 @@ async def test_each_answered_turn_writes_one_usage_record() -> None:
     assert len({r.request_id for r in ledger.records}) == 2
 
 
+async def test_a_session_opened_on_an_alias_bills_the_model_that_answered() -> None:
+    transport, generation = FakeTransport(), FakeGeneration(["Hi."])
+    live = services(generation)
+    live.ledger = ledger = ListLedger()
+    session = LiveSession(transport, live)
+    task = asyncio.create_task(serve_session(session))
+    transport.client({"setup": {"model": "models/gemini-3.8-live"}})
+    transport.client({"realtimeInput": {"text": "hello"}})
+    await transport.wait_for(has("turnComplete"))
+    await asyncio.sleep(0.05)
+    transport.inbound.put_nowait(None)
+    await task
+    assert [r.model for r in ledger.records] == ["m"]
+
+
 async def test_a_key_over_its_quota_gets_no_more_turns() -> None:
     from flashlive.errors import ResourceExhausted
 
@@ -640,17 +657,21 @@ class FakeVision:
 
     def __init__(self) -> None:
         self.looks = 0
+        self.sizes: list[tuple[int, int]] = []
 
-    def observe(self, image: bytes, mime_type: str) -> Observation:
+    def observe(self, image: bytes, mime_type: str, *, max_side: int | None = None) -> Observation:
         return self.observe_image(decode_image(image, mime_type))
 
     def observe_image(self, image: Image.Image) -> Observation:
         self.looks += 1
+        self.sizes.append(image.size)
         return Observation(f"a sign coloured {image.getpixel((0, 0))}")
 
 
-def frame(colour: tuple[int, int, int], mark: bool = False) -> dict[str, Any]:
-    image = Image.new("RGB", (320, 240), colour)
+def frame(
+    colour: tuple[int, int, int], mark: bool = False, size: tuple[int, int] = (320, 240)
+) -> dict[str, Any]:
+    image = Image.new("RGB", size, colour)
     if mark:  # a different picture: a block in one half
         Image.Image.paste(image, (255, 255, 255), (0, 0, 160, 240))
     out = io.BytesIO()
@@ -689,6 +710,27 @@ async def test_what_the_camera_shows_joins_the_next_user_turn_once() -> None:
         while vision.looks < 2:
             await asyncio.sleep(0.01)
     assert vision.looks == 2
+    transport.inbound.put_nowait(None)
+    await task
+
+
+async def test_media_resolution_sets_what_a_view_counts_as_and_the_size_looked_at() -> None:
+    generation = FakeGeneration(["ok"])
+    live = services(generation)
+    live.vision = vision = FakeVision()
+    transport = FakeTransport()
+    task = await start(
+        transport, live, generationConfig={"mediaResolution": "MEDIA_RESOLUTION_LOW"}
+    )
+    transport.client(frame((200, 30, 30), size=(1280, 960)))
+    async with asyncio.timeout(5):
+        while vision.looks < 1:
+            await asyncio.sleep(0.01)
+    transport.client({"realtimeInput": {"text": "what do you see?"}})
+    done = await transport.wait_for(has("turnComplete"))
+    billed = {d["modality"]: d["tokenCount"] for d in done["usageMetadata"]["promptTokensDetails"]}
+    assert billed["IMAGE"] == 64
+    assert vision.sizes == [(384, 288)]
     transport.inbound.put_nowait(None)
     await task
 
@@ -843,3 +885,110 @@ def session_tokens(generation: FakeGeneration) -> int:
     return sum(
         len((p.text or "").split()) for c in generation.requests[-1].contents for p in c.parts
     )
+
+
+class FakeSynthesizer:
+    """A tenth of a second of quiet per word."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.spoken: list[str] = []
+
+    async def synthesize(self, client: str, text: str) -> bytes:
+        self.spoken.append(text)
+        return b"\x01\x00" * 2400 * len(text.split())
+
+    def close(self) -> None:
+        pass
+
+
+async def test_spoken_pieces_join_into_the_answer_as_it_was_said() -> None:
+    transport = FakeTransport()
+    generation = FakeGeneration(
+        ["The capital of", " France is **Paris**.", " It lies on", " the Seine."]
+    )
+    live = services(generation)
+    synthesizer = FakeSynthesizer()
+    live.perception.tts.value = synthesizer  # type: ignore[assignment]
+    task = await start(
+        transport,
+        live,
+        generationConfig={"responseModalities": ["AUDIO"]},
+        outputAudioTranscription={},
+    )
+    transport.client({"realtimeInput": {"text": "Where is Paris?"}})
+    await transport.wait_for(has("turnComplete"))
+    pieces = [
+        m["serverContent"]["outputTranscription"]["text"]
+        for m in transport.sent
+        if "outputTranscription" in m.get("serverContent", {})
+    ]
+    assert len(pieces) >= 2  # spoken clause by clause
+    assert "".join(pieces) == "The capital of France is Paris. It lies on the Seine."
+    assert " ".join(synthesizer.spoken) == "".join(pieces)  # the transcript is what was said
+    transport.inbound.put_nowait(None)
+    await task
+
+
+async def test_an_initial_history_is_kept_and_not_answered() -> None:
+    transport, generation = FakeTransport(), FakeGeneration(["Ada."])
+    task = await start(
+        transport, services(generation), historyConfig={"initialHistoryInClientContent": True}
+    )
+    turns = [
+        {"role": "user", "parts": [{"text": "My name is Ada."}]},
+        {"role": "model", "parts": [{"text": "Hello Ada."}]},
+    ]
+    transport.client({"clientContent": {"turns": turns[:1]}})
+    transport.client({"clientContent": {"turns": turns[1:], "turnComplete": True}})
+    transport.client({"realtimeInput": {"text": "What is my name?"}})
+    await transport.wait_for(has("turnComplete"))
+    assert len(generation.requests) == 1  # the history itself was not answered
+    asked = generation.requests[0].contents
+    assert [(c.role, c.parts[0].text) for c in asked] == [
+        ("user", "My name is Ada."),
+        ("model", "Hello Ada."),
+        ("user", "What is my name?"),
+    ]
+    transport.inbound.put_nowait(None)
+    await task
+
+
+async def test_realtime_input_before_the_initial_history_closes_1008() -> None:
+    transport = FakeTransport()
+    session = LiveSession(transport, services(FakeGeneration([])))
+    transport.client(
+        {"setup": {"model": "models/m", "historyConfig": {"initialHistoryInClientContent": True}}}
+    )
+    transport.client({"realtimeInput": {"text": "hi"}})
+    await serve_session(session)
+    assert transport.closed is not None and transport.closed[0] == 1008
+    assert "initialHistoryInClientContent" in transport.closed[1]
+
+
+async def test_with_turn_coverage_only_activity_frames_count_while_the_user_is_active() -> None:
+    live = services(FakeGeneration(["ok"]))
+    live.vision = vision = FakeVision()
+    transport = FakeTransport()
+    session = LiveSession(transport, live)
+    task = asyncio.create_task(serve_session(session))
+    config = {
+        "automaticActivityDetection": {"disabled": True},
+        "turnCoverage": "TURN_INCLUDES_ONLY_ACTIVITY",
+    }
+    transport.client({"setup": {"model": "models/m", "realtimeInputConfig": config}})
+    transport.client(frame((200, 30, 30), size=(640, 480)))  # nobody speaks: not in a turn
+    transport.client({"realtimeInput": {"activityStart": {}}})
+    async with asyncio.timeout(5):
+        while session.in_activity is None:
+            await asyncio.sleep(0.01)
+    assert vision.looks == 0
+    transport.client(frame((30, 30, 200)))
+    async with asyncio.timeout(5):
+        while vision.looks < 1:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert vision.sizes == [(320, 240)]  # the frame sent during the activity only
+    transport.inbound.put_nowait(None)
+    await task

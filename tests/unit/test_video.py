@@ -47,7 +47,7 @@ class WordVision:
     def __init__(self) -> None:
         self.looks = 0
 
-    def observe(self, image: bytes, mime_type: str) -> Observation:
+    def observe(self, image: bytes, mime_type: str, *, max_side: int | None = None) -> Observation:
         raise AssertionError("video frames are looked at decoded")
 
     def observe_image(self, image: Image.Image) -> Observation:

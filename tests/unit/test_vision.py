@@ -145,3 +145,10 @@ def test_a_vision_model_needs_its_projector(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="go together"):
         load_vision(Settings(vision_model=tmp_path / "model.gguf"))
+
+
+def test_a_picture_looked_at_smaller_shows_less(vision: EmbeddedVision) -> None:
+    """mediaResolution LOW looks at 384 pixels a side: small print is no longer read."""
+    small_print = encoded(board("OPEN AT NINE", (1600, 600), font_size=24), "PNG")
+    assert "OPEN AT NINE" in vision.observe(small_print, "image/png").text
+    assert "OPEN AT NINE" not in vision.observe(small_print, "image/png", max_side=384).text

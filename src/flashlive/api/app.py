@@ -101,7 +101,6 @@ def build_app(
     keys: ApiKeys,
     default_model: str,
     max_request_bytes: int,
-    context_size: int,
     live: LiveServices,
     usage: UsageSetup | None = None,
     caches: CacheRegistry | None = None,
@@ -138,9 +137,9 @@ def build_app(
         service,
         metrics,
         max_request_bytes=max_request_bytes,
-        context_size=context_size,
         usage=recorder,
         caches=caches_api.resolver if caches_api is not None else None,
+        live=True,
     )
 
     async def healthz(request: Request) -> Response:

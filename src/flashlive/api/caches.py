@@ -24,7 +24,6 @@ from flashlive.protocol.caches import (
     expiration_of,
     expiration_update,
 )
-from flashlive.protocol.generate import CountTokensRequest, GenerateContentRequest
 
 OwnerOf = Callable[[Request], str]
 T = TypeVar("T")
@@ -90,9 +89,11 @@ class CachesApi:
         body = await _parse(request, CreateCachedContentRequest, self._max_bytes)
         spec = self._models.spec(body.model)
         expiration = _checked(lambda: expiration_of(body.ttl, body.expire_time))
-        if not body.contents:
-            raise InvalidArgument("contents must not be empty: a cache holds at least one turn")
-        tokens = await self._count(spec.id, body)
+        if not (body.contents or body.system_instruction or body.tools):
+            raise InvalidArgument(
+                "a cache holds contents, a systemInstruction or tools: this one holds none"
+            )
+        tokens = await self._service.count_cached(spec.id, _as_prefix(spec.id, body))
         entry = await asyncio.to_thread(
             self._registry.create,
             self._owner_of(request),
@@ -106,16 +107,6 @@ class CachesApi:
         # Compute the context's engine state now, so even its first use skips the prefill.
         self._service.start_warming(spec.id, prefix_of(entry))
         return JSONResponse(_resource(entry).dump())
-
-    async def _count(self, model: str, body: CreateCachedContentRequest) -> int:
-        """The cached prefix's tokens, rendered exactly as a generation using it will be."""
-        prefix = GenerateContentRequest(
-            contents=body.contents, system_instruction=body.system_instruction, tools=body.tools
-        )
-        counted = await self._service.count_tokens(
-            model, CountTokensRequest(generate_content_request=prefix)
-        )
-        return counted.total_tokens
 
     async def _list(self, request: Request) -> Response:
         try:
@@ -168,6 +159,17 @@ def _checked(parse: Callable[[], T]) -> T:
         return parse()
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from None
+
+
+def _as_prefix(model: str, body: CreateCachedContentRequest) -> CachedPrefix:
+    return CachedPrefix(
+        name="",
+        model=model,
+        contents=body.contents,
+        system_instruction=body.system_instruction,
+        tools=body.tools,
+        tool_config=body.tool_config,
+    )
 
 
 def prefix_of(entry: CacheEntry) -> CachedPrefix:

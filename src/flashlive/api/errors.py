@@ -39,11 +39,18 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
 
 
-def sse_error(exc: BaseException) -> bytes:
-    if not isinstance(exc, FlashliveError):
-        log.error("unhandled error while streaming", exc_info=exc)
+def stream_error(exc: BaseException, response_id: str) -> bytes:
+    """The error that ends a stream already under way, as the stream's last element.
+
+    The status line (200) has left by then, so the error travels in the body, as Gemini sends
+    it: an `{"error": ...}` element the SDKs raise on. Every such end is logged here.
+    """
+    if isinstance(exc, FlashliveError):
+        log.warning("stream %s ended early: %s %s", response_id, exc.rpc_status, exc.message)
+    else:
+        log.error("stream %s failed", response_id, exc_info=exc)
         exc = Internal("internal error; the server log has the details")
-    return b"data: " + json.dumps(error_body(exc)).encode() + b"\r\n\r\n"
+    return json.dumps(error_body(exc)).encode()
 
 
 # WebSocket close codes (RFC 6455 §7.4.1): a bad payload is 1007, a message the session's state or

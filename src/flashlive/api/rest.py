@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from flashlive.api.errors import error_response, sse_error
+from flashlive.api.errors import error_response, stream_error
 from flashlive.api.metrics import Metrics
 from flashlive.api.usage import CallUsage, UsageRecorder, call_usage
 from flashlive.errors import (
@@ -27,6 +27,7 @@ from flashlive.errors import (
 from flashlive.generation.service import CacheResolver, GenerationService
 from flashlive.ledger.records import UsageRecord
 from flashlive.models import ModelManager, ModelSpec
+from flashlive.protocol.decisions import first_refusal
 from flashlive.protocol.generate import (
     CountTokensRequest,
     GenerateContentRequest,
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 W = TypeVar("W", bound=BaseModel)
 T = TypeVar("T")
 VERSIONS = ("v1beta", "v1", "v1alpha")
-SUPPORTED_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+REST_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 
 
@@ -52,9 +53,9 @@ class RestApi:
         metrics: Metrics,
         *,
         max_request_bytes: int,
-        context_size: int,
         usage: UsageRecorder | None = None,
         caches: Callable[[Request], CacheResolver] | None = None,
+        live: bool = False,
     ) -> None:
         self._usage = usage
         self._caches = caches
@@ -62,7 +63,12 @@ class RestApi:
         self._service = service
         self._metrics = metrics
         self._max_bytes = max_request_bytes
-        self._context_size = context_size
+        # What a model resource lists is what this server answers for every model.
+        self._methods = [
+            *REST_METHODS,
+            *(["createCachedContent"] if caches is not None else []),
+            *(["bidiGenerateContent"] if live else []),
+        ]
 
     def routes(self) -> list[Route]:
         routes = []
@@ -75,18 +81,28 @@ class RestApi:
             ]
         return routes
 
-    def _model_resource(self, spec: ModelSpec) -> Model:
+    def _model_resource(self, spec: ModelSpec, name: str | None = None) -> Model:
+        """The resource of `spec`, or of the alias `name` that stands for it."""
+        if name is None or name == spec.id:
+            display, description = spec.display_name, spec.description
+            globs = [a.pattern for a in self._models.aliases if a.is_glob and a.target == spec.id]
+            if globs:
+                description += " Also answers to " + ", ".join(globs) + " (model aliases)."
+        else:
+            display = f"{name} (alias of {spec.id})"
+            description = f"models/{name} is answered by models/{spec.id}. {spec.description}"
         return Model(
-            name=f"models/{spec.id}",
+            name=f"models/{name or spec.id}",
             base_model_id=spec.id,
-            version="001",
-            display_name=spec.display_name,
-            description=spec.description,
-            input_token_limit=self._context_size,
+            version=spec.version,
+            display_name=display,
+            description=description,
+            # The longest prompt accepted: an answer needs at least one token of the context.
+            input_token_limit=self._models.context_size(spec) - 1,
             output_token_limit=self._service.output_token_limit,
-            supported_generation_methods=SUPPORTED_METHODS,
+            supported_generation_methods=self._methods,
             temperature=spec.temperature,
-            max_temperature=2.0,
+            max_temperature=spec.max_temperature,
             top_p=spec.top_p,
             top_k=spec.top_k,
         )
@@ -99,11 +115,14 @@ class RestApi:
             return error_response(InvalidArgument("pageSize and pageToken must be integers"))
         if size < 1 or start < 0:
             return error_response(InvalidArgument("pageSize must be positive"))
-        specs = self._models.specs
-        page = specs[start : start + size]
-        more = start + size < len(specs)
+        listed = [self._model_resource(s) for s in self._models.specs] + [
+            self._model_resource(self._models.spec(a.target), a.pattern)
+            for a in self._models.aliases
+            if not a.is_glob
+        ]
+        more = start + size < len(listed)
         body = ListModelsResponse(
-            models=[self._model_resource(s) for s in page],
+            models=listed[start : start + size],
             next_page_token=str(start + size) if more else None,
         )
         return JSONResponse(body.dump())
@@ -115,8 +134,10 @@ class RestApi:
             if request.method == "GET":
                 if action:
                     raise NotFound(f"GET is not defined for :{action}")
-                return JSONResponse(self._model_resource(self._models.spec(model)).dump())
-            if action not in SUPPORTED_METHODS:
+                spec = self._models.spec(model)
+                named = model.removeprefix("models/")
+                return JSONResponse(self._model_resource(spec, named).dump())
+            if action not in REST_METHODS:
                 raise NotFound(f"method :{action} is not supported on models/{model}")
         except FlashliveError as exc:
             return error_response(exc)
@@ -224,7 +245,11 @@ class RestApi:
                     yield b"]"
             except Exception as exc:
                 status = exc.http_status if isinstance(exc, FlashliveError) else 500
-                yield sse_error(exc) if sse else b"]"
+                failure = stream_error(exc, first.response_id)
+                if sse:
+                    yield b"data: " + failure + b"\r\n\r\n"
+                else:  # the error is the array's last element, never a clean-looking end
+                    yield (b",\r\n" if sent else b"") + failure + b"]"
             finally:
                 await chunks.aclose()
                 if status != 200:
@@ -308,6 +333,9 @@ def _validated(body: bytes | bytearray, model: type[W]) -> W:
     if not isinstance(data, dict):
         raise InvalidArgument("Invalid JSON payload received. The body must be a JSON object.")
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
+    if (refusal := first_refusal(parsed)) is not None:
+        raise InvalidArgument(refusal)
+    return parsed

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
+from flashlive.aliases import parse_aliases
 from flashlive.api.app import build_app
 from flashlive.api.keys import RedactCredentials
 from flashlive.api.listener import listener_options
@@ -160,16 +161,20 @@ async def serve(settings: Settings) -> None:
         )
     specs, default_model = resolve_models(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        models = ModelManager(
+            specs,
+            models_dir=settings.models_dir,
+            options=LlamaCppOptions(
+                context_size=settings.context_size,
+                threads=settings.threads,
+                max_queued=settings.max_queued,
+            ),
+            aliases=parse_aliases([settings.model_alias or ""]),
+        )
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     await asyncio.to_thread(check_engine, settings, next(s for s in specs if s.id == default_model))
-    models = ModelManager(
-        specs,
-        models_dir=settings.models_dir,
-        options=LlamaCppOptions(
-            context_size=settings.context_size,
-            threads=settings.threads,
-            max_queued=settings.max_queued,
-        ),
-    )
     prefixes = PrefixStore(
         ram_bytes=settings.kv_ram_bytes,
         spill_dir=settings.data_dir / "kv",
@@ -233,7 +238,6 @@ async def serve(settings: Settings) -> None:
         keys=keys,
         default_model=default_model,
         max_request_bytes=settings.max_request_bytes,
-        context_size=settings.context_size,
         live=live,
         usage=usage,
         caches=caches,

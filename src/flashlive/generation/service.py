@@ -8,6 +8,7 @@ countTokens always agree.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -36,21 +37,25 @@ from flashlive.generation.prompt import (
     ToolCall,
     ToolSpec,
 )
+from flashlive.generation.resolution import Resolution, resolution_of
 from flashlive.generation.schema import function_call_schema, to_json_schema
 from flashlive.generation.text import MarkerSplit, StopMatcher, WhitespaceTrim
 from flashlive.models import LoadedModel, ModelManager
 from flashlive.perception.audio import INPUT_RATE, FloatArray, decode_audio
 from flashlive.perception.video import decode_video
-from flashlive.perception.vision import SceneWatch, Vision
+from flashlive.perception.vision import SceneWatch, Vision, fit
 from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
     Content,
+    ContentLayer,
     FunctionCall,
     FunctionCallingMode,
+    MediaResolution,
     Part,
     Role,
     Tool,
     ToolConfig,
+    VideoMetadata,
 )
 from flashlive.protocol.generate import (
     Candidate,
@@ -70,7 +75,11 @@ log = logging.getLogger(__name__)
 JSON_MIME = "application/json"
 ENUM_MIME = "text/x.enum"
 TEXT_MIME = "text/plain"
-JSON_OPENERS = ("{", "```")
+# An answer (modes AUTO, VALIDATED) that opens with one of these is watched as a possible call;
+# one that opens with CALL_STARTS has begun a call: small models open it as bare JSON, or echo
+# the tag of the tool list their template shows them (`<tools>`) where the call's belongs.
+CALL_STARTS = ("{", "<tool")
+CALL_OPENERS = (*CALL_STARTS, "```")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.S)
 _TOOL_BLOCK = re.compile(
     re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*(?:" + re.escape(TOOL_CALL_CLOSE) + r"|$)", re.S
@@ -114,36 +123,32 @@ class Prepared:
     stops: tuple[str, ...]
     forced_call: bool = False  # the output is one JSON function call (mode ANY)
     enum_answer: bool = False  # the output is one JSON string, answered without its quotes
-    capture_calls: bool = False  # watch the text for tool calls (mode AUTO)
+    capture_calls: bool = False  # watch the text for tool calls (modes AUTO, VALIDATED)
+    prompt_text: str = ""  # what `tokens` are the tokens of
+    call_grammar: str | None = None  # for a call a free answer begins (modes AUTO, VALIDATED)
     functions: dict[str, dict[str, Any]] = field(default_factory=dict)
     prefix_key: str | None = None  # the cachedContent whose state this prompt begins with
     prefix_len: int = 0
     state_key: str | None = None  # a conversation that keeps its own state between turns
-    images: int = 0  # images in the prompt, each seen as an observation's text
+    image_tokens: int = 0  # what the prompt's images count as, each seen as an observation
+    video_tokens: int = 0  # ... its videos' frames, watched as observations over time
     audio_seconds: float = 0.0  # audio in the prompt, heard as a transcript
-    video_seconds: float = 0.0  # video in the prompt, watched as observations over time
     observed_tokens: int = 0  # the tokens of those texts, billed as media instead
 
     def prompt_details(self, rates: MediaTokens) -> list[ModalityTokenCount]:
         """Prompt tokens by modality, as usage reports (and bills) them."""
-        details = [
-            ModalityTokenCount(
-                modality=Modality.TEXT, token_count=len(self.tokens) - self.observed_tokens
-            )
+        audio = math.ceil(self.audio_seconds * rates.audio_per_s)
+        counts = (
+            (Modality.TEXT, len(self.tokens) - self.observed_tokens),
+            (Modality.IMAGE, self.image_tokens),
+            (Modality.VIDEO, self.video_tokens),
+            (Modality.AUDIO, audio),
+        )
+        return [
+            ModalityTokenCount(modality=modality, token_count=count)
+            for modality, count in counts
+            if count or modality is Modality.TEXT
         ]
-        if self.images:
-            details.append(
-                ModalityTokenCount(modality=Modality.IMAGE, token_count=self.images * rates.image)
-            )
-        for modality, seconds, rate in (
-            (Modality.VIDEO, self.video_seconds, rates.video_per_s),
-            (Modality.AUDIO, self.audio_seconds, rates.audio_per_s),
-        ):
-            if seconds:
-                details.append(
-                    ModalityTokenCount(modality=modality, token_count=math.ceil(seconds * rate))
-                )
-        return details
 
 
 @dataclass
@@ -153,8 +158,9 @@ class Perceived:
     request: GenerateContentRequest
     observations: list[str] = field(default_factory=list)
     images: int = 0
+    image_tokens: int = 0
+    video_tokens: int = 0
     audio_seconds: float = 0.0
-    video_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,7 @@ class MediaTokens:
 
     image: int = 258  # per image
     audio_per_s: float = 32.0
-    video_per_s: float = 263.0  # the frames; a sound track counts as audio besides
+    video_per_s: float = 263.0  # the frames at the default rate; a sound track counts as audio
 
 
 @dataclass
@@ -212,23 +218,44 @@ class GenerationService:
             total_tokens=sum(d.token_count for d in details), prompt_tokens_details=details
         )
 
+    async def count_cached(self, model: str, cached: CachedPrefix) -> int:
+        """The tokens of a context to cache, rendered exactly as a generation using it will be.
+
+        A cache may hold any of contents, a system instruction and tools: a prompt of its own
+        needs contents, a cached prefix does not.
+        """
+        prefix = GenerateContentRequest(
+            contents=cached.contents,
+            system_instruction=cached.system_instruction,
+            tools=cached.tools,
+            tool_config=cached.tool_config,
+        )
+        prepared = await self.prepare(model, prefix, prefix_only=True)
+        return sum(d.token_count for d in prepared.prompt_details(self.media_tokens))
+
     async def prepare(
         self,
         model: str,
         request: GenerateContentRequest,
         resolve_cache: CacheResolver | None = None,
+        *,
+        prefix_only: bool = False,
     ) -> Prepared:
+        """Everything a generation of `request` needs. With `prefix_only`, `request` is a
+        context to cache rather than a prompt, and may hold no contents."""
         loaded = await self._models.get(model)
         cached: CachedPrefix | None = None
         if request.cached_content:
             cached = await self._cached(loaded, request, resolve_cache)
             request = _with_cache(request, cached)
-        perceived = await self._perceive(request)
+        perceived = await self._perceive(request, config_of(request).media_resolution)
         request = perceived.request
         config = request.generation_config or GenerationConfig()
-        if config.response_logprobs or config.logprobs:
-            raise InvalidArgument("responseLogprobs is not supported by this server yet")
-        messages = _messages(request)
+        if request.model and self._models.spec(request.model).id != loaded.spec.id:
+            raise InvalidArgument(
+                f"the request names {request.model}, not models/{loaded.spec.id} of its URL"
+            )
+        messages = _messages(request, allow_empty=prefix_only)
         tools = _tool_specs(request.tools)
         mode = _calling_mode(request, tools)
         allowed = _allowed_functions(request, tools)
@@ -255,6 +282,13 @@ class GenerationService:
         grammar = (
             await _checked_grammar(loaded, json_schema, where) if json_schema is not None else None
         )
+        call_grammar = None
+        if mode is FunctionCallingMode.AUTO and offered and json_schema is None:
+            # A free answer may begin a call: its grammar is checked now, before any text.
+            for name, parameters in functions.items():
+                schema_grammar(parameters, f"functionDeclarations[{name}].parameters")
+            schema = function_call_schema(functions)
+            call_grammar = await _checked_grammar(loaded, schema, "functionDeclarations")
         # A 20 MB prompt takes a while to tokenize: keep that off the event loop.
         tokens = await asyncio.to_thread(loaded.engine.tokenize, text)
         limit = loaded.engine.info.context_size
@@ -270,6 +304,12 @@ class GenerationService:
                 f"{self.output_token_limit}"
             )
         spec = loaded.spec
+        capture_calls = mode is FunctionCallingMode.AUTO and bool(offered)
+        if config.temperature is not None and config.temperature > spec.max_temperature:
+            raise InvalidArgument(
+                f"temperature is {config.temperature:g}; models/{spec.id} takes at most "
+                f"{spec.max_temperature:g}"
+            )
         params = SamplingParams(
             temperature=spec.temperature if config.temperature is None else config.temperature,
             top_p=spec.top_p if config.top_p is None else config.top_p,
@@ -289,11 +329,13 @@ class GenerationService:
         stops = tuple(config.stop_sequences or ()) + (rendered.stop if json_schema is None else ())
         prefix_len = 0
         if cached is not None:
-            prefix_len = await self._cached_length(loaded, formatter, guard, cached, tokens)
+            prefix_len = await self._cached_length(
+                loaded, formatter, guard, cached, offered, tokens
+            )
         return Prepared(
-            images=perceived.images,
+            image_tokens=perceived.image_tokens,
+            video_tokens=perceived.video_tokens,
             audio_seconds=perceived.audio_seconds,
-            video_seconds=perceived.video_seconds,
             observed_tokens=sum(loaded.engine.count_tokens(o) for o in perceived.observations),
             prefix_key=f"{loaded.spec.id}:{cached.name}" if cached is not None else None,
             prefix_len=prefix_len,
@@ -303,15 +345,19 @@ class GenerationService:
             stops=stops,
             forced_call=mode is FunctionCallingMode.ANY,
             enum_answer=(config.response_mime_type or "").lower() == ENUM_MIME,
-            capture_calls=mode is FunctionCallingMode.AUTO and bool(offered),
+            capture_calls=capture_calls,
+            prompt_text=text,
+            call_grammar=call_grammar,
             functions=functions,
         )
 
-    async def _perceive(self, request: GenerateContentRequest) -> Perceived:
+    async def _perceive(
+        self, request: GenerateContentRequest, level: MediaResolution | None
+    ) -> Perceived:
         """The request with each image and audio part replaced by the text of what was seen
         or heard in it."""
         found = [
-            (i, j, part.inline_data)
+            (i, j, part)
             for i, content in enumerate(request.contents)
             for j, part in enumerate(content.parts)
             if part.inline_data is not None
@@ -321,32 +367,42 @@ class GenerationService:
         if not found:
             return perceived
         contents = [c.model_copy(update={"parts": list(c.parts)}) for c in request.contents]
-        for i, j, blob in found:
-            where = f"contents[{i}].parts[{j}].inlineData"
+        for i, j, part in found:
+            where = f"contents[{i}].parts[{j}]"
+            blob = part.inline_data
+            assert blob is not None
             try:
                 data = decode_base64(blob.data)
             except ValueError:
-                raise InvalidArgument(f"{where}.data is not valid base64") from None
+                raise InvalidArgument(f"{where}.inlineData.data is not valid base64") from None
             mime = blob.mime_type.lower()
+            seen_at = resolution_of(level, part.media_resolution)
+            if part.video_metadata is not None and not mime.startswith("video/"):
+                raise InvalidArgument(f"{where}.videoMetadata applies to video parts only")
             try:
                 if mime.startswith("image/"):
-                    text = await self._look(data, mime.split(";")[0].strip(), perceived)
+                    text = await self._look(data, mime.split(";")[0].strip(), seen_at, perceived)
                 elif mime.startswith("video/"):
-                    text = await self._watch(data, mime, perceived)
+                    clip = part.video_metadata or VideoMetadata()
+                    text = await self._watch(data, mime, clip, seen_at, perceived)
                 else:
                     text = await self._listen(data, mime, perceived)
             except InvalidArgument as exc:
-                raise InvalidArgument(f"{where}: {exc.message}") from None
+                raise InvalidArgument(f"{where}.inlineData: {exc.message}") from None
             contents[i].parts[j] = Part(text=text)
             perceived.observations.append(text)
         perceived.request = request.model_copy(update={"contents": contents})
         return perceived
 
-    async def _look(self, data: bytes, mime: str, perceived: Perceived) -> str:
-        if self._vision is None:
+    async def _look(self, data: bytes, mime: str, at: Resolution, perceived: Perceived) -> str:
+        vision = self._vision
+        if vision is None:
             raise InvalidArgument("this server has no vision stage: images cannot be read")
-        seen = await asyncio.to_thread(self._vision.observe, data, mime)
+        seen = await asyncio.to_thread(
+            functools.partial(vision.observe, data, mime, max_side=at.max_side)
+        )
         perceived.images += 1
+        perceived.image_tokens += at.image_tokens(self.media_tokens.image)
         return f"[image {perceived.images}: {seen.text}]\n"
 
     async def _listen(self, data: bytes, mime: str, perceived: Perceived) -> str:
@@ -367,24 +423,43 @@ class GenerationService:
         perceived.audio_seconds += seconds
         return f"'{said}'" if said else "no speech"
 
-    async def _watch(self, data: bytes, mime: str, perceived: Perceived) -> str:
-        """A video: what its sampled frames show, in time order (a scene as long as it lasts),
-        and what its sound track says."""
+    async def _watch(
+        self, data: bytes, mime: str, meta: VideoMetadata, at: Resolution, perceived: Perceived
+    ) -> str:
+        """A video (the clip `meta` cuts, at its frame rate): what its sampled frames show, in
+        time order (a scene as long as it lasts), and what its sound track says; each of the
+        two only when `meta` asks for that layer."""
         vision = self._vision
         if vision is None:
             raise InvalidArgument("this server has no vision stage: video cannot be read")
+        fps = meta.fps or self.video_fps
         clip = await asyncio.to_thread(
-            decode_video, data, mime, fps=self.video_fps, max_seconds=MAX_VIDEO_PART_S
+            functools.partial(
+                decode_video,
+                data,
+                mime,
+                fps=fps,
+                max_seconds=MAX_VIDEO_PART_S,
+                start=meta.start_offset.total_seconds() if meta.start_offset else 0.0,
+                end=meta.end_offset.total_seconds() if meta.end_offset else None,
+            )
         )
-        scenes = await asyncio.to_thread(_scenes, vision, clip.frames)
-        perceived.video_seconds += clip.seconds
-        shown = "; ".join(
-            f"{start:.0f}-{end:.0f} s: {text}" for start, end, text in _spans(scenes, clip.seconds)
-        )
-        sound = (
-            f" | sound: {await self._hear(clip.audio, perceived)}" if clip.audio is not None else ""
-        )
-        return f"[video, {clip.seconds:.1f} s: {shown}{sound}]\n"
+        looks, hears = _layers(meta)
+        pieces = []
+        if looks:
+            frames = [(t, fit(image, at.max_side)) for t, image in clip.frames]
+            scenes = await asyncio.to_thread(_scenes, vision, frames)
+            # Each frame counts as a picture at the resolution asked for; by default a second
+            # of frames at the server's rate counts --video-tokens-per-s.
+            frame_tokens = at.tokens or self.media_tokens.video_per_s / self.video_fps
+            perceived.video_tokens += math.ceil(clip.seconds * fps * frame_tokens)
+            spans = _spans(scenes, clip.seconds)
+            pieces.append(
+                "; ".join(f"{start:.0f}-{end:.0f} s: {text}" for start, end, text in spans)
+            )
+        if hears and clip.audio is not None:
+            pieces.append(f"sound: {await self._hear(clip.audio, perceived)}")
+        return f"[video, {clip.seconds:.1f} s: {' | '.join(pieces) or 'nothing asked for'}]\n"
 
     async def _cached(
         self,
@@ -410,15 +485,18 @@ class GenerationService:
         formatter: Formatter,
         guard: ControlTokenGuard,
         cached: CachedPrefix,
+        tools: list[ToolSpec],
         tokens: list[int],
     ) -> int:
-        """How many leading prompt tokens are the cached context's (its rendering alone)."""
+        """How many leading prompt tokens are the cached context's (its rendering alone, with
+        the tools the prompt offers: a template writes them into the system turn)."""
         alone = _messages(
             GenerateContentRequest(
                 contents=cached.contents, system_instruction=cached.system_instruction
-            )
+            ),
+            allow_empty=True,
         )
-        text = (await _render(formatter, guard, alone, [])).text
+        text = (await _render(formatter, guard, alone, tools)).text
         own = await asyncio.to_thread(loaded.engine.tokenize, text)
         return min(common_prefix(own, tokens), len(tokens) - 1)
 
@@ -593,7 +671,7 @@ class GenerationService:
     async def _run(self, prepared: Prepared, outcome: Outcome) -> AsyncIterator[str]:
         """Yield visible text as it is generated; fill `outcome` when the stream ends."""
         stops = StopMatcher(prepared.stops)
-        split = MarkerSplit(TOOL_CALL_OPEN, JSON_OPENERS) if prepared.capture_calls else None
+        split = MarkerSplit(TOOL_CALL_OPEN, CALL_OPENERS) if prepared.capture_calls else None
         trim = WhitespaceTrim()
         # A forced call or an enum answer is only meaningful whole: hold it back until the end.
         held: list[str] | None = None
@@ -628,10 +706,13 @@ class GenerationService:
                 if visible:
                     outcome.text += visible
                     yield visible
-                if stops.stopped:
+                if stops.stopped or _opens_call(split, prepared):
                     break
         finally:
             await stream.aclose()
+        raw = "".join(held) if held is not None else (split.captured if split else None)
+        if _opens_call(split, prepared):
+            raw, cause = await self._decode_call(prepared, outcome)
         if cause is not FinishCause.CANCELLED:
             await self._leave_state(prepared)
         outcome.finish = (
@@ -642,7 +723,6 @@ class GenerationService:
                 outcome.text += answer
                 yield answer
             return
-        raw = "".join(held) if held is not None else (split.captured if split else None)
         if not raw:
             return
         parsed = _parse_calls(raw, prepared.functions)
@@ -654,6 +734,32 @@ class GenerationService:
         elif text := trim.feed(raw):  # an answer that merely looked like JSON: it is text
             outcome.text += text
             yield text
+
+    async def _decode_call(self, prepared: Prepared, outcome: Outcome) -> tuple[str, FinishCause]:
+        """The call a free answer (modes AUTO, VALIDATED) has begun to write, decoded again under
+        the grammar of a declared function's call, after the text already given.
+
+        Free text costs no grammar (over a whole vocabulary it costs 20 ms a token on the
+        default model); a call, once begun, always comes out well-formed: a model that opens it
+        the wrong way (Qwen copies the doubled braces of its template) is held to valid JSON.
+        """
+        engine = prepared.model.engine
+        text = prepared.prompt_text + outcome.text + TOOL_CALL_OPEN + "\n"
+        tokens = await asyncio.to_thread(engine.tokenize, text)
+        budget = prepared.params.max_tokens - outcome.generated
+        if budget < 1 or len(tokens) >= engine.info.context_size:
+            return "", FinishCause.LENGTH
+        params = replace(prepared.params, max_tokens=budget, grammar=prepared.call_grammar)
+        raw, cause = TOOL_CALL_OPEN, FinishCause.LENGTH
+        stream = engine.stream(tokens, params)
+        try:
+            async for piece in stream:
+                outcome.generated += piece.token_id is not None
+                raw += piece.text
+                cause = piece.finish or cause
+        finally:
+            await stream.aclose()
+        return raw, cause
 
     def _usage(self, prepared: Prepared, outcome: Outcome) -> UsageMetadata:
         details = prepared.prompt_details(self.media_tokens)
@@ -700,6 +806,32 @@ def _spans(scenes: list[tuple[float, str]], end: float) -> list[tuple[float, flo
         else:
             spans.append((at, following, text))
     return spans
+
+
+def config_of(request: GenerateContentRequest) -> GenerationConfig:
+    return request.generation_config or GenerationConfig()
+
+
+def _layers(meta: VideoMetadata) -> tuple[bool, bool]:
+    """Whether a video's frames are looked at, and its sound heard: both unless the part's
+    contentLayers name only some (TRANSCRIPT is a transcript of the sound, AUDIO the sound)."""
+    layers = set(meta.content_layers or ()) - {ContentLayer.UNSPECIFIED}
+    if not layers:
+        return True, True
+    return ContentLayer.FRAMES in layers, bool(
+        layers & {ContentLayer.AUDIO, ContentLayer.TRANSCRIPT}
+    )
+
+
+def _opens_call(split: MarkerSplit | None, prepared: Prepared) -> bool:
+    """Whether a free answer has begun a call: the call marker anywhere, or a call's start
+    first. (An answer under a JSON response schema opens with a brace: that is no call.)"""
+    captured = split.captured if split is not None else None
+    return (
+        prepared.call_grammar is not None
+        and captured is not None
+        and captured.lstrip().startswith((TOOL_CALL_OPEN, *CALL_STARTS))
+    )
 
 
 def _held(prepared: Prepared) -> int:
@@ -776,8 +908,8 @@ def _camel(name: str) -> str:
     return head + "".join(w.title() for w in rest)
 
 
-def _messages(request: GenerateContentRequest) -> list[Message]:
-    if not request.contents:
+def _messages(request: GenerateContentRequest, *, allow_empty: bool = False) -> list[Message]:
+    if not request.contents and not allow_empty:
         raise InvalidArgument("contents must not be empty")
     messages: list[Message] = []
     if request.system_instruction is not None:
@@ -844,15 +976,8 @@ def _with_system(messages: list[Message], text: str) -> list[Message]:
 
 def _tool_specs(tools: list[Tool] | None) -> list[ToolSpec]:
     specs: list[ToolSpec] = []
+    # Tools of other kinds were refused where the request was parsed (protocol/decisions.py).
     for i, tool in enumerate(tools or []):
-        unsupported = [
-            name for name, value in tool if value is not None and name != "function_declarations"
-        ]
-        if unsupported:
-            raise InvalidArgument(
-                f"tools[{i}]: {', '.join(_camel(n) for n in unsupported)} is not supported yet; "
-                "only functionDeclarations are"
-            )
         for j, decl in enumerate(tool.function_declarations or []):
             where = f"tools[{i}].functionDeclarations[{j}]"
             if decl.parameters_json_schema is not None:

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -74,7 +74,7 @@ from flashlive.perception.vad import (
     VadEvent,
     VadStream,
 )
-from flashlive.perception.vision import IMAGE_MIMES, SceneWatch, decode_image
+from flashlive.perception.vision import IMAGE_MIMES, SceneWatch, decode_image, fit
 from flashlive.protocol.base import decode_base64
 from flashlive.protocol.content import (
     Blob,
@@ -86,6 +86,7 @@ from flashlive.protocol.content import (
     Role,
     ToolConfig,
 )
+from flashlive.protocol.decisions import first_refusal
 from flashlive.protocol.generate import (
     GenerateContentRequest,
     Modality,
@@ -204,6 +205,8 @@ class LiveSession:
         self.resampler_rate = INPUT_RATE
         self.samples_in = 0  # 16 kHz samples received: the session's audio clock
         self.in_activity: list[np.ndarray] | None = None
+        self.vad: VadStream | None = None  # once listening has begun
+        self.history_open = False  # historyConfig: the client is still sending the history
         self.warming: asyncio.Task[None] | None = None
         self.frames: asyncio.Queue[Frame] = asyncio.Queue(1)  # the newest camera frame only
         self.frames_seen = 0
@@ -286,7 +289,9 @@ class LiveSession:
             await self.grant.admit(resuming=saved is not None)
         self.setup = setup
         config = LiveConfig.from_setup(setup)
+        self.history_open = config.initial_history and saved is None  # a resumed one has it
         loaded = await self.services.models.get(config.model)  # NotFound → 1008 with its message
+        config = replace(config, model=loaded.spec.id)  # an alias's turns name the real model
         if config.base.cached_content:
             if self.services.caches is None:
                 raise FailedPrecondition("cachedContent is not available on this server")
@@ -509,6 +514,8 @@ class LiveSession:
             message = await _parsed(await self._receive_frame())
             if message.setup is not None:
                 raise FailedPrecondition("setup may be sent only once, as the first message")
+            if (refusal := first_refusal(message)) is not None:
+                raise InvalidArgument(refusal)
             if message.client_content is not None:
                 await self.counter.prime(message.client_content.turns or [])
                 await self._client_content(message.client_content)
@@ -522,6 +529,12 @@ class LiveSession:
 
     async def _client_content(self, content: ClientContent) -> None:
         self.conversation.add_client_turns(content.turns or [])
+        if self.history_open:
+            if content.turn_complete:  # the initial history is all here: nothing to answer
+                self.history_open = False
+                self.conversation.commit_history(self.window)
+            self._save_soon()
+            return
         if not content.turn_complete and content.turns:
             self._save_soon()  # context given ahead of its turn is part of the session
         if content.turn_complete:
@@ -532,6 +545,11 @@ class LiveSession:
 
     async def _realtime_input(self, given: RealtimeInput) -> None:
         config = self.conf
+        if self.history_open:
+            raise FailedPrecondition(
+                "historyConfig.initialHistoryInClientContent: send the history as clientContent, "
+                "ending with turnComplete, before any realtimeInput"
+            )
         if given.text is not None and given.text.strip():
             said = _user_text(given.text)
             await self.counter.prime([said])
@@ -565,6 +583,8 @@ class LiveSession:
         """Keep the newest camera frame; one still waiting to be looked at is stale: dropped."""
         if self.services.vision is None:
             raise InvalidArgument(f"{where}: this server has no vision stage")
+        if self.conf.views_in_activity_only and not self._user_active():
+            return  # turnCoverage: only what comes while the user speaks joins their turn
         mime = blob.mime_type.lower().split(";")[0].strip()
         if mime not in IMAGE_MIMES:
             raise InvalidArgument(
@@ -594,7 +614,8 @@ class LiveSession:
                 raise InvalidArgument(f"a video frame: {exc.message}") from None
             if not await asyncio.to_thread(watch.is_new, image):
                 continue
-            seen = await asyncio.to_thread(vision.observe_image, image)  # decoded once
+            looked_at = fit(image, self.conf.views.max_side)
+            seen = await asyncio.to_thread(vision.observe_image, looked_at)  # decoded once
             self.frames_seen += 1
             self.conversation.see(seen.text)
             log.debug(
@@ -640,7 +661,7 @@ class LiveSession:
 
     async def _listen_loop(self) -> None:
         config = self.conf
-        vad = VadStream(await self.services.perception.vad.get(), config.vad)
+        vad = self.vad = VadStream(await self.services.perception.vad.get(), config.vad)
         while True:
             item = await self.audio.get()
             if isinstance(item, AudioIn):
@@ -664,6 +685,12 @@ class LiveSession:
                 self.in_activity = []
             elif item is ACTIVITY_END and self.in_activity is not None:
                 self._end_activity()
+
+    def _user_active(self) -> bool:
+        """Whether the user is speaking now: by the VAD, or between their activity signals."""
+        if self.conf.automatic_activity:
+            return self.vad is not None and self.vad.in_speech
+        return self.in_activity is not None
 
     def _end_activity(self) -> None:
         audio = np.concatenate(self.in_activity) if self.in_activity else np.zeros(0, np.float32)
@@ -1023,8 +1050,9 @@ class ModelTurn:
         )
 
     def live_usage(self) -> LiveUsageMetadata:
-        image_tokens = self.session.services.generation.media_tokens.image
-        return _live_usage(self.usage, self.session.conf.modality, self.views, image_tokens)
+        conf = self.session.conf
+        image_tokens = conf.views.image_tokens(self.session.services.generation.media_tokens.image)
+        return _live_usage(self.usage, conf.modality, self.views, image_tokens)
 
     def cancel(self) -> None:
         for task in self.tasks:
@@ -1154,6 +1182,7 @@ class Voice:
         session = self.turn.session
         synthesizer = await session.services.perception.tts.get()
         transcribe_out = session.conf.output_transcription
+        said = False
         while (clause := await self.clauses.get()) is not None:
             words = speakable(clause)
             if not words:
@@ -1170,7 +1199,11 @@ class Voice:
                 self.turn.put(_content(model_turn=_model_parts(Part(inline_data=blob))))
             self.turn.put(Spoken(clause, len(pcm) / 2 / OUTPUT_RATE))
             if transcribe_out:
-                self.turn.put(_content(output_transcription=Transcription(text=clause)))
+                # The words as spoken, each piece after the first with the space before it (as
+                # Gemini's pieces carry it): a client joins the pieces as they come.
+                text = (" " if said else "") + words
+                self.turn.put(_content(output_transcription=Transcription(text=text)))
+            said = True
 
 
 async def _write_usage(ledger: UsageSink, record: UsageRecord) -> None:

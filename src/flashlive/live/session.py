@@ -14,14 +14,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from flashlive.errors import FailedPrecondition, InvalidArgument
+from flashlive.generation.resolution import Resolution, resolution_of
 from flashlive.perception.vad import VadSettings
 from flashlive.protocol.content import Content, FunctionCall, FunctionResponse, Part, Role
+from flashlive.protocol.decisions import first_refusal
 from flashlive.protocol.generate import GenerateContentRequest, GenerationConfig
 from flashlive.protocol.live import (
     ActivityHandling,
     ContextWindowCompression,
     ResponseModality,
     Setup,
+    TurnCoverage,
 )
 
 SPOKEN_STYLE = (
@@ -44,13 +47,15 @@ class LiveConfig:
     base: GenerateContentRequest  # everything of a request but its contents
 
     resumable: bool = False  # sessionResumption was asked for: the state outlives the socket
+    # What a camera view counts as, and the size it is looked at.
+    views: Resolution = field(default_factory=Resolution)
+    views_in_activity_only: bool = False  # turnCoverage TURN_INCLUDES_ONLY_ACTIVITY
+    initial_history: bool = False  # clientContent up to turnComplete is history, not a turn
 
     @classmethod
     def from_setup(cls, setup: Setup) -> LiveConfig:
-        if setup.proactivity and any(setup.proactivity.values()):
-            raise FailedPrecondition("proactivity is not supported by this server")
-        if setup.generation_config and setup.generation_config.enable_affective_dialog:
-            raise FailedPrecondition("enableAffectiveDialog is not supported by this server")
+        if (refusal := first_refusal(setup)) is not None:
+            raise FailedPrecondition(f"setup.{refusal}")
         if setup.cached_content and (setup.system_instruction or setup.tools or setup.tool_config):
             raise FailedPrecondition(
                 "a setup naming a cachedContent takes its systemInstruction, tools and toolConfig "
@@ -79,6 +84,14 @@ class LiveConfig:
             interrupts=handling is not ActivityHandling.NO_INTERRUPTION,
             vad=vad,
             resumable=setup.session_resumption is not None,
+            views=resolution_of(live.media_resolution if live is not None else None),
+            views_in_activity_only=(
+                realtime is not None
+                and realtime.turn_coverage is TurnCoverage.TURN_INCLUDES_ONLY_ACTIVITY
+            ),
+            initial_history=bool(
+                setup.history_config and setup.history_config.initial_history_in_client_content
+            ),
             base=GenerateContentRequest(
                 cached_content=setup.cached_content,
                 system_instruction=(
@@ -259,6 +272,20 @@ class Conversation:
             last = incoming[-1]
             return [*incoming[:-1], Content(role=last.role, parts=[seen, *last.parts])]
         return [*incoming, Content(role=Role.USER, parts=[seen])]
+
+    def commit_history(self, window: Window | None = None) -> None:
+        """The waiting turns are history the client gave (historyConfig): kept, not answered."""
+        for content in self.pending:
+            self._append(content)
+        self.pending.clear()
+        self.version += 1
+        if window is not None:
+            self.keep_within(window)
+            if self.tokens > window.limit:
+                raise FailedPrecondition(
+                    f"the initial history is {self.tokens} tokens; the session holds "
+                    f"{window.limit}: set contextWindowCompression to keep its end"
+                )
 
     def has_input(self, user: Content | None) -> bool:
         return user is not None or bool(self.pending)

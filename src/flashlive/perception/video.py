@@ -24,8 +24,17 @@ class Clip:
     audio: FloatArray | None  # the sound track at 16 kHz mono, when there is one
 
 
-def decode_video(data: bytes, mime: str, *, fps: float, max_seconds: float) -> Clip:
-    """`fps` frames a second (the first frame at or after each sampling time) and the audio."""
+def decode_video(
+    data: bytes,
+    mime: str,
+    *,
+    fps: float,
+    max_seconds: float,
+    start: float = 0.0,
+    end: float | None = None,
+) -> Clip:
+    """`fps` frames a second (the first frame at or after each sampling time) and the audio,
+    of the clip from `start` to `end` seconds (None: the end); times count from `start`."""
     base = mime.split(";")[0].strip().lower()
     if base not in VIDEO_MIMES:
         known = ", ".join(sorted(VIDEO_MIMES))
@@ -40,7 +49,11 @@ def decode_video(data: bytes, mime: str, *, fps: float, max_seconds: float) -> C
             due = 0.0
             last = 0.0
             for frame in container.decode(video=0):
-                at = float(frame.time or 0.0)
+                at = float(frame.time or 0.0) - start
+                if end is not None and at + start >= end:
+                    break
+                if at < -1e-6:
+                    continue  # before the clip
                 last = max(last, at)
                 if at > max_seconds:
                     raise InvalidArgument(f"the video is longer than {max_seconds:.0f} s")
@@ -50,12 +63,23 @@ def decode_video(data: bytes, mime: str, *, fps: float, max_seconds: float) -> C
                     while due <= at:
                         due += 1.0 / fps
             stated = float(container.duration or 0) / av.time_base
-            duration = stated if stated > 0 else last + step
+            whole = stated if stated > 0 else last + start + step
+            duration = min(whole, end if end is not None else whole) - start
     except av.error.FFmpegError as exc:
         raise InvalidArgument(f"the {mime} data is not a readable video: {exc}") from None
     if not frames:
-        raise InvalidArgument(f"the {mime} data holds no frames")
-    return Clip(frames, min(duration, max_seconds), _sound_track(data))
+        raise InvalidArgument(
+            f"the {mime} data holds no frames" + (" in the clip" if start else "")
+        )
+    seconds = min(duration, max_seconds)
+    return Clip(frames, seconds, _clipped(_sound_track(data), start, seconds))
+
+
+def _clipped(audio: FloatArray | None, start: float, seconds: float) -> FloatArray | None:
+    if audio is None:
+        return None
+    clip = audio[int(start * INPUT_RATE) : int((start + seconds) * INPUT_RATE)]
+    return clip if clip.size else None
 
 
 def _sound_track(data: bytes) -> FloatArray | None:

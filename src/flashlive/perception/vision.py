@@ -57,13 +57,23 @@ class Observation:
 
 
 class Vision(Protocol):
-    def observe(self, image: bytes, mime_type: str) -> Observation:
-        """Look at an encoded image (blocking: callers run it in a worker thread)."""
+    def observe(self, image: bytes, mime_type: str, *, max_side: int | None = None) -> Observation:
+        """Look at an encoded image, shrunk first to fit `max_side` pixels when that is given
+        (blocking: callers run it in a worker thread)."""
         ...
 
     def observe_image(self, image: Image.Image) -> Observation:
         """Look at a decoded RGB image, a video frame say (blocking, as `observe`)."""
         ...
+
+
+def fit(image: Image.Image, max_side: int | None) -> Image.Image:
+    """`image` shrunk (aspect kept) so its longer side is at most `max_side`; None: as it is."""
+    if max_side is None or max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def decode_image(data: bytes, mime_type: str) -> Image.Image:
@@ -183,18 +193,22 @@ class SeenImages:
         self._lock = threading.Lock()
 
     def observe(
-        self, image: bytes, mime_type: str, look: Callable[[Image.Image], Observation]
+        self,
+        image: bytes,
+        mime_type: str,
+        look: Callable[[Image.Image], Observation],
+        max_side: int | None = None,
     ) -> Observation:
-        """The observation of `image`: remembered, or decoded (InvalidArgument if it cannot be)
-        and given to `look`."""
-        key = hashlib.sha256(image).hexdigest()
+        """The observation of `image` at `max_side`: remembered, or decoded (InvalidArgument if
+        it cannot be), shrunk to fit and given to `look`."""
+        key = f"{hashlib.sha256(image).hexdigest()}:{max_side}"
         with self._lock:
             seen = self._seen.get(key)
             if seen is not None:
                 self._seen.move_to_end(key)
                 return seen
         began = time.perf_counter()
-        decoded = decode_image(image, mime_type)
+        decoded = fit(decode_image(image, mime_type), max_side)
         decode_s = time.perf_counter() - began
         fresh = look(decoded)
         observation = replace(fresh, seconds={"decode": decode_s, **fresh.seconds})
@@ -238,8 +252,8 @@ class EmbeddedVision:
             stages.append(("labels", lambda image: _likely(labeler.top(image, k=2))))
         return cls(stages)
 
-    def observe(self, image: bytes, mime_type: str) -> Observation:
-        return self._seen.observe(image, mime_type, self.observe_image)
+    def observe(self, image: bytes, mime_type: str, *, max_side: int | None = None) -> Observation:
+        return self._seen.observe(image, mime_type, self.observe_image, max_side)
 
     def observe_image(self, image: Image.Image) -> Observation:
         seconds: dict[str, float] = {}
@@ -319,9 +333,9 @@ class NativeVision:
         )
         return cls(model)
 
-    def observe(self, image: bytes, mime_type: str) -> Observation:
+    def observe(self, image: bytes, mime_type: str, *, max_side: int | None = None) -> Observation:
         # Decoded first: what cannot be read is refused before it reaches the model.
-        return self._seen.observe(image, mime_type, self.observe_image)
+        return self._seen.observe(image, mime_type, self.observe_image, max_side)
 
     def observe_image(self, image: Image.Image) -> Observation:
         png = io.BytesIO()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import re
+from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 # A protobuf int32 field: a larger number is refused (naming the field), as Gemini does.
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+# google.protobuf.Duration in JSON: seconds with up to nine fractional digits and an "s".
+_DURATION = re.compile(r"(?P<seconds>-?\d+)(?P<fraction>\.\d{1,9})?s")
+MAX_DURATION_S = 315_576_000_000  # ten thousand years: google.protobuf.Duration's bound
 
 
 class Wire(BaseModel):
@@ -38,3 +43,26 @@ def decode_base64(data: str) -> bytes:
         data = data.replace("-", "+").replace("_", "/")
     data += "=" * (-len(data) % 4)
     return base64.b64decode(data, validate=True)
+
+
+def parse_duration(value: Any) -> timedelta:
+    """A protobuf JSON duration such as "3600s" or "1.5s"."""
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration; write seconds with an s, e.g. '3600s'")
+    seconds = abs(int(match["seconds"]))
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{value!r} is longer than protobuf's {MAX_DURATION_S} seconds")
+    micros = int(((match["fraction"] or ".")[1:] + "000000")[:6])
+    delta = timedelta(seconds=seconds, microseconds=micros)
+    # The sign goes on the whole: "-0.5s" is minus half a second.
+    return -delta if value.startswith("-") else delta
+
+
+def format_duration(value: timedelta) -> str:
+    return f"{value.total_seconds():g}s"
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, PlainSerializer
 
-from flashlive.protocol.base import Wire
+from flashlive.protocol.base import Duration, Wire
 from flashlive.protocol.content import Content, Tool, ToolConfig
 
-# google.protobuf.Duration in JSON: seconds with up to nine fractional digits and an "s".
-_DURATION = re.compile(r"(?P<seconds>-?\d+)(?P<fraction>\.\d{1,9})?s")
-MAX_DURATION_S = 315_576_000_000  # ten thousand years: google.protobuf.Duration's bound
 UPDATABLE_FIELDS = ("ttl", "expireTime")
 
 
@@ -42,29 +38,8 @@ def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_duration(value: Any) -> timedelta:
-    """A protobuf JSON duration such as "3600s" or "1.5s"."""
-    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration; write seconds with an s, e.g. '3600s'")
-    seconds = abs(int(match["seconds"]))
-    if seconds > MAX_DURATION_S:
-        raise ValueError(f"{value!r} is longer than protobuf's {MAX_DURATION_S} seconds")
-    micros = int(((match["fraction"] or ".")[1:] + "000000")[:6])
-    delta = timedelta(seconds=seconds, microseconds=micros)
-    # The sign goes on the whole: "-0.5s" is minus half a second.
-    return -delta if value.startswith("-") else delta
-
-
-def format_duration(value: timedelta) -> str:
-    return f"{value.total_seconds():g}s"
-
-
 Timestamp = Annotated[
     datetime, BeforeValidator(parse_timestamp), PlainSerializer(format_timestamp, return_type=str)
-]
-Duration = Annotated[
-    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
 ]
 
 

@@ -7,7 +7,50 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from flashlive.protocol.base import OpenWire, Wire
+from flashlive.protocol.base import Duration, OpenWire, Wire
+
+MAX_MEDIA_TOKENS = 65_536  # tokens one media part may be asked to count as
+
+
+class MediaResolution(StrEnum):
+    """How finely media is looked at, and what it counts as (request-wide or for one part)."""
+
+    UNSPECIFIED = "MEDIA_RESOLUTION_UNSPECIFIED"
+    LOW = "MEDIA_RESOLUTION_LOW"
+    MEDIUM = "MEDIA_RESOLUTION_MEDIUM"
+    HIGH = "MEDIA_RESOLUTION_HIGH"
+    ULTRA_HIGH = "MEDIA_RESOLUTION_ULTRA_HIGH"
+
+
+class PartMediaResolution(Wire):
+    level: MediaResolution | None = None
+    num_tokens: int | None = Field(default=None, ge=1, le=MAX_MEDIA_TOKENS)
+
+
+class ContentLayer(StrEnum):
+    UNSPECIFIED = "CONTENT_LAYER_UNSPECIFIED"
+    FRAMES = "FRAMES"
+    AUDIO = "AUDIO"
+    TRANSCRIPT = "TRANSCRIPT"
+
+
+class VideoMetadata(Wire):
+    """A video part's clip (offsets from its start), frame rate and the layers looked at."""
+
+    start_offset: Duration | None = None
+    end_offset: Duration | None = None
+    fps: float | None = Field(default=None, gt=0.0, le=24.0)
+    content_layers: list[ContentLayer] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VideoMetadata:
+        start, end = self.start_offset, self.end_offset
+        for name, offset in (("startOffset", start), ("endOffset", end)):
+            if offset is not None and offset.total_seconds() < 0:
+                raise ValueError(f"{name} must not be negative")
+        if start is not None and end is not None and end <= start:
+            raise ValueError("endOffset must come after startOffset")
+        return self
 
 
 class Blob(Wire):
@@ -26,12 +69,19 @@ class FunctionCall(Wire):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class FunctionResponseScheduling(StrEnum):
+    UNSPECIFIED = "SCHEDULING_UNSPECIFIED"
+    SILENT = "SILENT"
+    WHEN_IDLE = "WHEN_IDLE"
+    INTERRUPT = "INTERRUPT"
+
+
 class FunctionResponse(Wire):
     id: str | None = None
     name: str
     response: dict[str, Any] = Field(default_factory=dict)
     will_continue: bool | None = None
-    scheduling: str | None = None
+    scheduling: FunctionResponseScheduling | None = None
 
 
 _PART_DATA_FIELDS = (
@@ -55,9 +105,9 @@ class Part(Wire):
     code_execution_result: dict[str, Any] | None = None
     thought: bool | None = None
     thought_signature: str | None = None
-    video_metadata: dict[str, Any] | None = None
+    video_metadata: VideoMetadata | None = None
     part_metadata: dict[str, Any] | None = None
-    media_resolution: dict[str, Any] | None = None
+    media_resolution: PartMediaResolution | None = None
 
     @model_validator(mode="after")
     def _exactly_one_data_field(self) -> Part:
@@ -130,6 +180,12 @@ class Schema(OpenWire):
         return value.upper() if isinstance(value, str) else value
 
 
+class Behavior(StrEnum):
+    UNSPECIFIED = "UNSPECIFIED"
+    BLOCKING = "BLOCKING"
+    NON_BLOCKING = "NON_BLOCKING"
+
+
 class FunctionDeclaration(Wire):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
     description: str | None = None
@@ -137,7 +193,7 @@ class FunctionDeclaration(Wire):
     parameters_json_schema: dict[str, Any] | None = None
     response: Schema | None = None
     response_json_schema: dict[str, Any] | None = None
-    behavior: str | None = None
+    behavior: Behavior | None = None
 
 
 class Tool(Wire):

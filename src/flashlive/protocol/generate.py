@@ -8,9 +8,56 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from flashlive.protocol.base import Int32, Wire
-from flashlive.protocol.content import Content, SafetySetting, Schema, Tool, ToolConfig
+from flashlive.protocol.content import (
+    Content,
+    MediaResolution,
+    SafetySetting,
+    Schema,
+    Tool,
+    ToolConfig,
+)
 
 MAX_STOP_SEQUENCES = 5
+
+
+class ThinkingLevel(StrEnum):
+    UNSPECIFIED = "THINKING_LEVEL_UNSPECIFIED"
+    MINIMAL = "MINIMAL"
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    XHIGH = "XHIGH"
+
+
+class ThinkingConfig(Wire):
+    include_thoughts: bool | None = None
+    thinking_budget: int | None = Field(default=None, ge=-1)  # -1: automatic, 0: none
+    thinking_level: ThinkingLevel | None = None
+
+
+class ImageConfig(Wire):
+    """How generated images should look; answers here hold none."""
+
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    person_generation: str | None = None
+    prominent_people: str | None = None
+    output_mime_type: str | None = None
+    output_compression_quality: int | None = Field(default=None, ge=0, le=100)
+    image_output_options: dict[str, Any] | None = None
+
+
+class SpeechConfig(Wire):
+    voice_config: dict[str, Any] | None = None
+    language_code: str | None = None
+    multi_speaker_voice_config: dict[str, Any] | None = None
+
+
+class ServiceTier(StrEnum):
+    UNSPECIFIED = "unspecified"
+    FLEX = "flex"
+    STANDARD = "standard"
+    PRIORITY = "priority"
 
 
 class GenerationConfig(Wire):
@@ -26,14 +73,13 @@ class GenerationConfig(Wire):
     response_mime_type: str | None = None
     response_schema: Schema | None = None
     response_json_schema: dict[str, Any] | None = None
-    response_json_schema_ordering: dict[str, Any] | None = Field(default=None, exclude=True)
     response_logprobs: bool | None = None
     logprobs: Int32 | None = None
     response_modalities: list[str] | None = None
-    speech_config: dict[str, Any] | None = None
-    thinking_config: dict[str, Any] | None = None
-    media_resolution: str | None = None
-    image_config: dict[str, Any] | None = None
+    speech_config: SpeechConfig | None = None
+    thinking_config: ThinkingConfig | None = None
+    media_resolution: MediaResolution | None = None
+    image_config: ImageConfig | None = None
     audio_timestamp: bool | None = None
     enable_enhanced_civic_answers: bool | None = None
 
@@ -73,7 +119,7 @@ class GenerateContentRequest(Wire):
     generation_config: GenerationConfig | None = None
     cached_content: str | None = None
     labels: dict[str, str] | None = None
-    service_tier: str | None = None
+    service_tier: ServiceTier | None = None
     store: bool | None = None
 
 

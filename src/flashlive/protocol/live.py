@@ -8,12 +8,11 @@ camelCase; both spellings are accepted everywhere, as the REST models do.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from flashlive.errors import invalid_from_validation
-from flashlive.protocol.base import OpenWire, Wire
+from flashlive.protocol.base import Wire
 from flashlive.protocol.content import (
     Blob,
     Content,
@@ -54,13 +53,42 @@ class TurnCoverage(StrEnum):
     UNSPECIFIED = "TURN_COVERAGE_UNSPECIFIED"
     TURN_INCLUDES_ONLY_ACTIVITY = "TURN_INCLUDES_ONLY_ACTIVITY"
     TURN_INCLUDES_ALL_INPUT = "TURN_INCLUDES_ALL_INPUT"
+    TURN_INCLUDES_AUDIO_ACTIVITY_AND_ALL_VIDEO = "TURN_INCLUDES_AUDIO_ACTIVITY_AND_ALL_VIDEO"
+
+
+class TranslationConfig(Wire):
+    echo_target_language: bool | None = None
+    target_language_code: str | None = None
+
+
+class ProactivityConfig(Wire):
+    proactive_audio: bool | None = None
+    proactive_video: bool | None = None
+
+
+class HistoryConfig(Wire):
+    initial_history_in_client_content: bool | None = None
+
+
+class TranscriptionMode(StrEnum):
+    UNSPECIFIED = "MODE_UNSPECIFIED"
+    VERBATIM = "VERBATIM"
+    SMART = "SMART"
+
+
+class LanguageHints(Wire):
+    language_codes: list[str] | None = None
+
+
+class LanguageAuto(Wire):
+    """Deprecated by Gemini: detection is the default when no language codes are given."""
 
 
 class LiveGenerationConfig(GenerationConfig):
     """generationConfig of a Live setup: REST's, plus spoken answers."""
 
     enable_affective_dialog: bool | None = None
-    translation_config: dict[str, Any] | None = None
+    translation_config: TranslationConfig | None = None
 
     @field_validator("response_modalities")
     @classmethod
@@ -98,8 +126,18 @@ class RealtimeInputConfig(Wire):
     interim_transcript_timestamp_enabled: bool | None = None
 
 
-class AudioTranscriptionConfig(OpenWire):
-    """Only its presence matters: transcripts are in the one language the ASR model speaks."""
+class AudioTranscriptionConfig(Wire):
+    """Transcripts of the user's or the model's speech: present means on."""
+
+    language_codes: list[str] | None = None
+    language_auto: LanguageAuto | None = None
+    language_hints: LanguageHints | None = None
+    custom_vocabulary: list[str] | None = None
+    adaptation_phrases: list[str] | None = None
+    word_timestamp: bool | None = None
+    diarization: bool | None = None
+    mode: TranscriptionMode | None = None
+    source_text: str | None = None
 
 
 class SessionResumptionConfig(Wire):
@@ -128,8 +166,8 @@ class Setup(Wire):
     context_window_compression: ContextWindowCompression | None = None
     input_audio_transcription: AudioTranscriptionConfig | None = None
     output_audio_transcription: AudioTranscriptionConfig | None = None
-    proactivity: dict[str, Any] | None = None
-    history_config: dict[str, Any] | None = None
+    proactivity: ProactivityConfig | None = None
+    history_config: HistoryConfig | None = None
     labels: dict[str, str] | None = None
     # Our extension: the session's context begins with this cachedContents/{id}.
     cached_content: str | None = None

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from flashlive.config import Settings
 from flashlive.engine import backends
+from flashlive.engine.selfcheck import bare_llama
 from flashlive.models import BUILTIN_MODELS, DEFAULT_MODEL, assemble
 
 PROMPT_TOKENS = 512
@@ -86,23 +87,14 @@ def measure(build: Build, model: Path, reps: int, threads: int) -> dict[str, flo
 
 def child(model: Path, reps: int, threads: int) -> None:
     backend = backends.load()
-    from llama_cpp import Llama
-
-    llm = Llama(
-        model_path=str(model),
-        n_ctx=2048,
-        n_batch=512,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
+    llm = bare_llama(model, n_ctx=2048, threads=threads)
     words = (
         "the quick brown fox jumps over a lazy dog while seven bright stars watch " * 80
     ).split()
     prompt = llm.tokenize(" ".join(words).encode(), add_bos=True)[:PROMPT_TOKENS]
     prefill, decode = [], []
     for _ in range(reps):
-        llm.reset()  # type: ignore[no-untyped-call]
+        llm.reset()
         started = time.perf_counter()
         llm.eval(prompt)
         prefilled = time.perf_counter()

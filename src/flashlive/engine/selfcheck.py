@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flashlive.engine import backends
 
@@ -197,22 +198,27 @@ def remember(cache_dir: Path, model_path: Path, result: CheckResult) -> None:
 # --- the child ---------------------------------------------------------------------------------
 
 
-def _child(model_path: Path) -> None:
-    backend = backends.load()
-    # Said before the model loads, so a crash after it still names the variant.
-    sys.stderr.write(f"selfcheck: variant {backend.variant.name}\n")
-    sys.stderr.flush()
+def bare_llama(model_path: Path, *, n_ctx: int, threads: int) -> Any:
+    """A llama.cpp model with nothing of the server around it: what the check (and the build
+    benchmark) run on."""
     from llama_cpp import Llama
 
-    threads = os.cpu_count() or 1
-    llm = Llama(
+    return Llama(
         model_path=str(model_path),
-        n_ctx=512,
+        n_ctx=n_ctx,
         n_batch=512,
         n_threads=threads,
         n_threads_batch=threads,
         verbose=False,
     )
+
+
+def _child(model_path: Path) -> None:
+    backend = backends.load()
+    # Said before the model loads, so a crash after it still names the variant.
+    sys.stderr.write(f"selfcheck: variant {backend.variant.name}\n")
+    sys.stderr.flush()
+    llm = bare_llama(model_path, n_ctx=512, threads=os.cpu_count() or 1)
     tokens = llm.tokenize(PROMPT.encode(), add_bos=True)
     started = time.perf_counter()
     llm.eval(tokens)

@@ -362,6 +362,25 @@ async def closed_with(server: Server, frames: list[str | bytes]) -> tuple[int, s
             "does not answer",
         ),
         ([SETUP, "x" * (5 * 1024 * 1024)], 1009, "limit"),
+        (
+            [
+                json.dumps(
+                    {"setup": {"model": "models/x", "generationConfig": {"translationConfig": {}}}}
+                )
+            ],
+            1008,
+            "generationConfig.translationConfig is not supported",
+        ),
+        (
+            [
+                SETUP,
+                json.dumps(
+                    {"clientContent": {"turns": [{"parts": [{"fileData": {"fileUri": "gs://a"}}]}]}}
+                ),
+            ],
+            1007,
+            "fileData is not supported",
+        ),
     ],
 )
 async def test_malformed_input_closes_with_a_reason(

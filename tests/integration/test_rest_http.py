@@ -79,6 +79,42 @@ def test_prompt_longer_than_the_context_is_rejected(http: httpx.Client) -> None:
     assert "input tokens" in message
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"store": True}, "store"),
+        ({"generationConfig": {"audioTimestamp": True}}, "generationConfig.audioTimestamp"),
+        ({"tools": [{"codeExecution": {}}]}, "tools[0].codeExecution"),
+    ],
+)
+def test_a_refused_field_is_a_400_naming_it(
+    http: httpx.Client, extra: dict[str, object], named: str
+) -> None:
+    message = assert_gemini_error(
+        http.post(GENERATE, json={**HELLO, **extra}), 400, "INVALID_ARGUMENT"
+    )
+    assert message.startswith(f"{named} is not supported: ")
+
+
+def test_fields_accepted_as_no_ops_change_nothing(http: httpx.Client) -> None:
+    config = {"maxOutputTokens": 4, "temperature": 0, "seed": 1}
+    plain = http.post(GENERATE, json={**HELLO, "generationConfig": config}).json()
+    noted = {
+        **HELLO,
+        "generationConfig": {
+            **config,
+            "thinkingConfig": {"thinkingBudget": 512},
+            "imageConfig": {"aspectRatio": "1:1"},
+        },
+        "labels": {"team": "x"},
+        "serviceTier": "priority",
+    }
+    same = http.post(GENERATE, json=noted).json()
+    assert same["candidates"][0]["content"] == plain["candidates"][0]["content"]
+    assert same["usageMetadata"]["promptTokenCount"] == plain["usageMetadata"]["promptTokenCount"]
+    assert "thoughtsTokenCount" not in same["usageMetadata"]  # 0, as proto JSON leaves it out
+
+
 async def test_the_model_resource_lists_what_the_server_does(
     http: httpx.Client, server: Server
 ) -> None:

@@ -122,6 +122,11 @@ class GenerateContentRequest(Wire):
     service_tier: ServiceTier | None = None
     store: bool | None = None
 
+    @field_validator("service_tier", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value  # the SDK's enum ignores case
+
 
 class CountTokensRequest(Wire):
     contents: list[Content] | None = None

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from flashlive.protocol.base import model_id
+
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -39,7 +41,7 @@ def parse_aliases(entries: Iterable[str]) -> list[ModelAlias]:
             if not item.strip():
                 continue
             pattern, sep, target = (p.strip() for p in item.partition("="))
-            pattern, target = pattern.removeprefix("models/"), target.removeprefix("models/")
+            pattern, target = model_id(pattern), model_id(target)
             if not sep or not pattern or not target:
                 raise ValueError(f"model alias {item.strip()!r} is not PATTERN=MODEL")
             aliases.append(ModelAlias(pattern, target))

@@ -20,6 +20,7 @@ from typing import Literal
 from flashlive.config import Settings
 from flashlive.engine import backends, selfcheck
 from flashlive.models import BUILTIN_MODELS, ModelSpec, assemble, spec_for_path, stamp_matches
+from flashlive.protocol.base import model_id
 
 Status = Literal["ok", "warn", "FAIL"]
 LOW_DISK_BYTES = 2 << 30
@@ -34,7 +35,7 @@ class Finding:
 
 
 def serving_spec(settings: Settings) -> ModelSpec:
-    wanted = settings.model.removeprefix("models/")
+    wanted = model_id(settings.model)
     for spec in BUILTIN_MODELS:
         if spec.id == wanted:
             return spec
@@ -102,7 +103,7 @@ def model_findings(settings: Settings) -> Iterator[Finding]:
             yield Finding(
                 "models", spec.id, "ok", f"not assembled yet ({len(chunks)} chunks installed)"
             )
-    if not any(s.id == settings.model.removeprefix("models/") for s in BUILTIN_MODELS):
+    if not any(s.id == model_id(settings.model) for s in BUILTIN_MODELS):
         path = Path(settings.model).expanduser()
         status: Status = "ok" if path.is_file() else "FAIL"
         yield Finding("models", str(path), status, "exists" if path.is_file() else "not found")

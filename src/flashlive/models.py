@@ -23,6 +23,7 @@ from typing import Literal
 from flashlive.aliases import ModelAlias
 from flashlive.engine.llamacpp import LlamaCppEngine, LlamaCppOptions
 from flashlive.errors import NotFound, Unavailable
+from flashlive.protocol.base import model_id
 
 log = logging.getLogger(__name__)
 
@@ -238,14 +239,14 @@ class ModelManager:
 
     def spec(self, model: str) -> ModelSpec:
         """The model a name stands for: its own id, else the first alias that matches it."""
-        model_id = model.removeprefix("models/")
-        if (spec := self._specs.get(model_id)) is not None:
+        wanted = model_id(model)
+        if (spec := self._specs.get(wanted)) is not None:
             return spec
         for alias in self.aliases:
-            if alias.matches(model_id):
+            if alias.matches(wanted):
                 return self._specs[alias.target]
         raise NotFound(
-            f"model models/{model_id} is not found; available: "
+            f"model models/{wanted} is not found; available: "
             + ", ".join(f"models/{m}" for m in self._specs)
         )
 

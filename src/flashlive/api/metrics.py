@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flashlive.models import ModelManager
+from flashlive.protocol.base import model_id
 
 _ACTION = re.compile(r"^/v1(?:alpha|beta)?/models/[^/:]+:(\w+)$")
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
@@ -111,7 +112,7 @@ class Metrics:
     def model_label(self, model: str) -> str:
         """A model label from a bounded set: a request may name any model, and each new label
         value is a new series kept for the life of the process."""
-        model = model.removeprefix("models/")
+        model = model_id(model)
         return model if any(s.id == model for s in self._models.specs) else OTHER_MODEL
 
 

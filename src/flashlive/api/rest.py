@@ -27,6 +27,7 @@ from flashlive.errors import (
 from flashlive.generation.service import CacheResolver, GenerationService
 from flashlive.ledger.records import UsageRecord
 from flashlive.models import ModelManager, ModelSpec
+from flashlive.protocol.base import model_id
 from flashlive.protocol.decisions import first_refusal
 from flashlive.protocol.generate import (
     CountTokensRequest,
@@ -135,7 +136,7 @@ class RestApi:
                 if action:
                     raise NotFound(f"GET is not defined for :{action}")
                 spec = self._models.spec(model)
-                named = model.removeprefix("models/")
+                named = model_id(model)
                 return JSONResponse(self._model_resource(spec, named).dump())
             if action not in REST_METHODS:
                 raise NotFound(f"method :{action} is not supported on models/{model}")

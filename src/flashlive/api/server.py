@@ -32,6 +32,7 @@ from flashlive.live.services import LiveLimits, LiveServices, Perception
 from flashlive.models import BUILTIN_MODELS, ModelManager, ModelSpec, assemble, spec_for_path
 from flashlive.perception.audio import INPUT_RATE, FloatArray
 from flashlive.perception.vision import EmbeddedVision, NativeVision, Vision
+from flashlive.protocol.base import model_id
 from flashlive.quota import QuotaLimits, Quotas, load_overrides
 from flashlive.store import open_store
 from flashlive.tls import TlsFiles, ensure_local_tls, user_tls
@@ -99,8 +100,8 @@ def is_loopback(host: str) -> bool:
 
 def resolve_models(settings: Settings) -> tuple[list[ModelSpec], str]:
     specs = list(BUILTIN_MODELS)
-    if any(s.id == settings.model.removeprefix("models/") for s in specs):
-        return specs, settings.model.removeprefix("models/")
+    if any(s.id == model_id(settings.model) for s in specs):
+        return specs, model_id(settings.model)
     path = Path(settings.model).expanduser()
     if path.suffix.lower() != ".gguf" and not path.exists():
         known = ", ".join(s.id for s in specs)

@@ -21,6 +21,7 @@ from flashlive.errors import FlashliveError, InvalidArgument, PermissionDenied
 from flashlive.ledger.prices import PriceTable
 from flashlive.ledger.records import UsageRecord, hash_key, parse_since, utc_now
 from flashlive.ledger.store import GroupBy, Ledger
+from flashlive.protocol.base import model_id
 from flashlive.protocol.generate import ModalityTokenCount, UsageMetadata
 from flashlive.quota import Quotas
 
@@ -79,7 +80,7 @@ class CallUsage:
             request_id=request_id or uuid.uuid4().hex,
             time=utc_now(),
             key_hash=self.key_hash,
-            model=self.model.removeprefix("models/"),
+            model=model_id(self.model),
             method=self.method,
             input_tokens=_by_modality(usage.prompt_tokens_details, usage.prompt_token_count)
             if usage

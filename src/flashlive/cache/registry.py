@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from flashlive.errors import InvalidArgument, NotFound
+from flashlive.protocol.base import model_id
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class CacheRegistry:
         entry = CacheEntry(
             id=secrets.token_hex(8),
             owner=owner,
-            model=model.removeprefix("models/"),
+            model=model_id(model),
             payload=payload,
             token_count=token_count,
             display_name=display_name,

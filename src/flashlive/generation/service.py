@@ -42,9 +42,10 @@ from flashlive.generation.schema import function_call_schema, to_json_schema
 from flashlive.generation.text import MarkerSplit, StopMatcher, WhitespaceTrim
 from flashlive.models import LoadedModel, ModelManager
 from flashlive.perception.audio import INPUT_RATE, FloatArray, decode_audio
+from flashlive.perception.mime import mime_base
 from flashlive.perception.video import decode_video
 from flashlive.perception.vision import SceneWatch, Vision, fit
-from flashlive.protocol.base import decode_base64
+from flashlive.protocol.base import blob_bytes
 from flashlive.protocol.content import (
     Content,
     ContentLayer,
@@ -371,17 +372,14 @@ class GenerationService:
             where = f"contents[{i}].parts[{j}]"
             blob = part.inline_data
             assert blob is not None
-            try:
-                data = decode_base64(blob.data)
-            except ValueError:
-                raise InvalidArgument(f"{where}.inlineData.data is not valid base64") from None
+            data = blob_bytes(blob.data, f"{where}.inlineData.data")
             mime = blob.mime_type.lower()
             seen_at = resolution_of(level, part.media_resolution)
             if part.video_metadata is not None and not mime.startswith("video/"):
                 raise InvalidArgument(f"{where}.videoMetadata applies to video parts only")
             try:
                 if mime.startswith("image/"):
-                    text = await self._look(data, mime.split(";")[0].strip(), seen_at, perceived)
+                    text = await self._look(data, mime_base(mime), seen_at, perceived)
                 elif mime.startswith("video/"):
                     clip = part.video_metadata or VideoMetadata()
                     text = await self._watch(data, mime, clip, seen_at, perceived)

@@ -24,6 +24,7 @@ from typing import Any
 
 from flashlive.errors import InvalidArgument
 from flashlive.ledger.records import UsageRecord
+from flashlive.protocol.base import model_id
 
 ANY = "*"  # the model (or modality) every unlisted one falls back to
 PER = 1_000_000
@@ -84,7 +85,7 @@ class PriceTable:
         return cls(prices)
 
     def price(self, model: str) -> ModelPrice:
-        model = model.removeprefix("models/")
+        model = model_id(model)
         return self._prices.get(model) or self._prices.get(ANY) or ModelPrice()
 
     def cost(self, record: UsageRecord) -> float:

@@ -65,6 +65,7 @@ from flashlive.perception.audio import (
     parse_pcm_mime,
     pcm16_to_float,
 )
+from flashlive.perception.mime import mime_base
 from flashlive.perception.speech_text import ClauseSplitter, speakable
 from flashlive.perception.vad import (
     SpeechEnded,
@@ -75,7 +76,7 @@ from flashlive.perception.vad import (
     VadStream,
 )
 from flashlive.perception.vision import IMAGE_MIMES, SceneWatch, decode_image, fit
-from flashlive.protocol.base import decode_base64
+from flashlive.protocol.base import blob_bytes, model_id
 from flashlive.protocol.content import (
     Blob,
     Content,
@@ -371,7 +372,7 @@ class LiveSession:
             raise gone from None
         if not secrets.compare_digest(saved.key_hash, self.key_hash):
             raise gone  # another key's session: not even its existence is told
-        if saved.setup.model.removeprefix("models/") != setup.model.removeprefix("models/"):
+        if model_id(saved.setup.model) != model_id(setup.model):
             raise FailedPrecondition(
                 f"the session to resume runs {saved.setup.model}, not {setup.model}"
             )
@@ -585,15 +586,12 @@ class LiveSession:
             raise InvalidArgument(f"{where}: this server has no vision stage")
         if self.conf.views_in_activity_only and not self._user_active():
             return  # turnCoverage: only what comes while the user speaks joins their turn
-        mime = blob.mime_type.lower().split(";")[0].strip()
+        mime = mime_base(blob.mime_type)
         if mime not in IMAGE_MIMES:
             raise InvalidArgument(
                 f"{where}: {blob.mime_type} is not an image type this server reads"
             )
-        try:
-            frame = Frame(decode_base64(blob.data), mime, self.samples_in / INPUT_RATE)
-        except ValueError:
-            raise InvalidArgument(f"{where}.data is not valid base64") from None
+        frame = Frame(blob_bytes(blob.data, f"{where}.data"), mime, self.samples_in / INPUT_RATE)
         if self.frames.full():
             self.frames.get_nowait()
             self.frames_dropped += 1
@@ -627,10 +625,7 @@ class LiveSession:
             rate = parse_pcm_mime(blob.mime_type)
         except InvalidArgument as exc:
             raise InvalidArgument(f"{where}: {exc.message}") from None
-        try:
-            pcm = decode_base64(blob.data)
-        except ValueError:
-            raise InvalidArgument(f"{where}.data is not valid base64") from None
+        pcm = blob_bytes(blob.data, f"{where}.data")
         samples = pcm16_to_float(pcm)
         if rate != self.resampler_rate:
             self.resampler_rate = rate

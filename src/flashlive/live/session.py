@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from flashlive.errors import FailedPrecondition, InvalidArgument
 from flashlive.generation.resolution import Resolution, resolution_of
 from flashlive.perception.vad import VadSettings
+from flashlive.protocol.base import model_id
 from flashlive.protocol.content import Content, FunctionCall, FunctionResponse, Part, Role
 from flashlive.protocol.decisions import first_refusal
 from flashlive.protocol.generate import GenerateContentRequest, GenerationConfig
@@ -61,7 +62,7 @@ class LiveConfig:
                 "a setup naming a cachedContent takes its systemInstruction, tools and toolConfig "
                 "from the cache"
             )
-        model = setup.model.removeprefix("models/")
+        model = model_id(setup.model)
         if not model:
             raise FailedPrecondition("setup.model must name a model, as models/{id}")
         live = setup.generation_config

@@ -14,6 +14,7 @@ import numpy.typing as npt
 import soxr
 
 from flashlive.errors import InvalidArgument
+from flashlive.perception.mime import mime_base
 
 INPUT_RATE = 16000
 OUTPUT_RATE = 24000
@@ -145,7 +146,7 @@ AUDIO_FILE_MIMES = frozenset(
 
 def decode_audio(data: bytes, mime: str) -> FloatArray:
     """A whole audio part (a file, or raw PCM) as 16 kHz mono float32."""
-    base = mime.split(";")[0].strip().lower()
+    base = mime_base(mime)
     if base in ("audio/pcm", "audio/l16"):
         if len(data) % 2:
             raise InvalidArgument(f"{mime} data has an odd number of bytes: not 16-bit PCM")

@@ -11,6 +11,7 @@ from PIL import Image
 
 from flashlive.errors import InvalidArgument
 from flashlive.perception.audio import INPUT_RATE, FloatArray
+from flashlive.perception.mime import mime_base
 
 VIDEO_MIMES = frozenset({"video/mp4", "video/webm", "video/quicktime", "video/x-matroska"})
 
@@ -35,7 +36,7 @@ def decode_video(
 ) -> Clip:
     """`fps` frames a second (the first frame at or after each sampling time) and the audio,
     of the clip from `start` to `end` seconds (None: the end); times count from `start`."""
-    base = mime.split(";")[0].strip().lower()
+    base = mime_base(mime)
     if base not in VIDEO_MIMES:
         known = ", ".join(sorted(VIDEO_MIMES))
         raise InvalidArgument(f"{mime} is not a video type this server reads (one of {known})")

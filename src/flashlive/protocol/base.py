@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
+from flashlive.errors import InvalidArgument
+
 # A protobuf int32 field: a larger number is refused (naming the field), as Gemini does.
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 # google.protobuf.Duration in JSON: seconds with up to nine fractional digits and an "s".
@@ -32,6 +34,19 @@ class OpenWire(Wire):
     """A wire message we read only partly: fields we do not act on are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+def model_id(name: str) -> str:
+    """A model's id: "models/x" and "x" name the same model."""
+    return name.removeprefix("models/")
+
+
+def blob_bytes(data: str, where: str) -> bytes:
+    """The bytes of a base64 field named `where`; InvalidArgument naming it when not base64."""
+    try:
+        return decode_base64(data)
+    except ValueError:
+        raise InvalidArgument(f"{where} is not valid base64") from None
 
 
 def decode_base64(data: str) -> bytes:

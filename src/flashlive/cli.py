@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from pathlib import Path
 from typing import Any, cast
 
+from flashlive import logs
 from flashlive.config import Settings
-from flashlive.errors import FlashliveError
+from flashlive.errors import FailedStart, FlashliveError
 from flashlive.ledger import PriceTable, UsageRow, hash_key, open_ledger
 from flashlive.ledger.records import parse_since
 from flashlive.ledger.store import GroupBy
@@ -21,64 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashlive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the Gemini API (every flag is also FLASHLIVE_*)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--tls-port", type=int, help="HTTPS/WSS port; 0 turns TLS off")
-    serve.add_argument("--tls-cert", type=Path)
-    serve.add_argument("--tls-key", type=Path)
-    serve.add_argument("--model", help="a registry model id or a path to a .gguf file")
-    serve.add_argument(
-        "--model-alias",
-        action="append",
-        metavar="PATTERN=MODEL",
-        help="another name (or glob, e.g. 'gemini-*') a model answers to; repeatable",
-    )
-    serve.add_argument("--data-dir", type=Path)
-    serve.add_argument("--models-dir", type=Path)
-    serve.add_argument(
-        "--api-keys", help="comma-separated keys (visible to `ps`: prefer the file or env)"
-    )
-    serve.add_argument("--api-keys-file", type=Path)
-    serve.add_argument("--admin-keys", help="comma-separated keys that may read /v1beta/usage")
-    serve.add_argument("--insecure-open", action="store_true", default=None)
-    serve.add_argument("--context-size", type=int)
-    serve.add_argument("--output-token-limit", type=int)
-    serve.add_argument("--threads", type=int)
-    serve.add_argument("--max-queued", type=int)
-    serve.add_argument("--max-request-bytes", type=int)
-    serve.add_argument("--live-max-frame-bytes", type=int)
-    serve.add_argument("--live-send-timeout-s", type=float)
-    serve.add_argument("--live-setup-timeout-s", type=float, help="wait this long for a setup")
-    serve.add_argument("--http-header-timeout-s", type=float, help="for a request's headers")
-    serve.add_argument("--live-max-connection-s", type=float, help="0: connections never expire")
-    serve.add_argument("--live-goaway-notice-s", type=float)
-    serve.add_argument("--live-resume-ttl-s", type=float, help="how long a handle stays valid")
-    serve.add_argument(
-        "--session-store", help="memory (default), sqlite, sqlite:///path or redis://host:port/db"
-    )
-    serve.add_argument("--vision-model", type=Path, help="a multimodal .gguf that looks at images")
-    serve.add_argument("--mmproj", type=Path, help="its projector .gguf (with --vision-model)")
-    serve.add_argument("--image-tokens", type=int, help="tokens one image counts as (258)")
-    serve.add_argument(
-        "--audio-tokens-per-s", type=float, help="tokens a second of audio counts as"
-    )
-    serve.add_argument(
-        "--video-tokens-per-s", type=float, help="tokens a second of video frames counts as"
-    )
-    serve.add_argument("--video-fps", type=float, help="frames a second looked at in a video")
-    serve.add_argument("--tts", choices=["auto", "piper", "espeak"])
-    serve.add_argument("--ledger-url", help="sqlite:///path or postgresql://... (default: SQLite)")
-    serve.add_argument("--prices-file", type=Path, help="TOML or JSON prices per million tokens")
-    serve.add_argument("--quota-requests-per-min", type=int, help="per API key; 0: unlimited")
-    serve.add_argument("--quota-tokens-per-min", type=int, help="per API key; 0: unlimited")
-    serve.add_argument("--quota-file", type=Path, help="per-key quota overrides (TOML or JSON)")
-    serve.add_argument("--cache-min-tokens", type=int)
-    serve.add_argument(
-        "--cache-sweep-interval-s", type=float, help="how often expired caches are removed"
-    )
-    serve.add_argument("--kv-ram-bytes", type=int)
-    serve.add_argument("--kv-disk-bytes", type=int)
-    serve.add_argument("--log-level")
+    for flags in (_listen_flags, _model_flags, _live_flags, _billing_flags, _cache_flags):
+        flags(serve)
     usage = sub.add_parser("usage", help="print tokens and cost from the usage ledger")
     usage.add_argument("--key", dest="usage_key", help="only this API key's usage")
     usage.add_argument("--since", dest="usage_since", help="a date (UTC) or ISO 8601 time")
@@ -89,9 +33,91 @@ def _parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("ca-path", help="print the local CA certificate file clients should trust")
     ca.add_argument("--data-dir", type=Path)
     sub.add_parser("models", help="list the built-in models")
-    doctor = sub.add_parser(
-        "doctor", help="report the CPU, engine, models and components; check the engine decodes"
+    _doctor_flags(
+        sub.add_parser(
+            "doctor", help="report the CPU, engine, models and components; check the engine decodes"
+        )
     )
+    return parser
+
+
+def _listen_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--tls-port", type=int, help="HTTPS/WSS port; 0 turns TLS off")
+    serve.add_argument("--tls-cert", type=Path)
+    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--data-dir", type=Path)
+    serve.add_argument(
+        "--api-keys", help="comma-separated keys (visible to `ps`: prefer the file or env)"
+    )
+    serve.add_argument("--api-keys-file", type=Path)
+    serve.add_argument("--admin-keys", help="comma-separated keys that may read /v1beta/usage")
+    serve.add_argument("--insecure-open", action="store_true", default=None)
+    serve.add_argument("--max-request-bytes", type=int)
+    serve.add_argument("--http-header-timeout-s", type=float, help="for a request's headers")
+    serve.add_argument("--log-level")
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], help="json: one object a line, ids included"
+    )
+
+
+def _model_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--model", help="a registry model id or a path to a .gguf file")
+    serve.add_argument(
+        "--model-alias",
+        action="append",
+        metavar="PATTERN=MODEL",
+        help="another name (or glob, e.g. 'gemini-*') a model answers to; repeatable",
+    )
+    serve.add_argument("--models-dir", type=Path)
+    serve.add_argument("--context-size", type=int)
+    serve.add_argument("--output-token-limit", type=int)
+    serve.add_argument("--threads", type=int)
+    serve.add_argument("--max-queued", type=int)
+    serve.add_argument("--vision-model", type=Path, help="a multimodal .gguf that looks at images")
+    serve.add_argument("--mmproj", type=Path, help="its projector .gguf (with --vision-model)")
+    serve.add_argument("--video-fps", type=float, help="frames a second looked at in a video")
+    serve.add_argument("--tts", choices=["auto", "piper", "espeak"])
+
+
+def _live_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--live-max-frame-bytes", type=int)
+    serve.add_argument("--live-send-timeout-s", type=float)
+    serve.add_argument("--live-setup-timeout-s", type=float, help="wait this long for a setup")
+    serve.add_argument("--live-max-connection-s", type=float, help="0: connections never expire")
+    serve.add_argument("--live-goaway-notice-s", type=float)
+    serve.add_argument("--live-resume-ttl-s", type=float, help="how long a handle stays valid")
+    serve.add_argument(
+        "--session-store", help="memory (default), sqlite, sqlite:///path or redis://host:port/db"
+    )
+
+
+def _billing_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--image-tokens", type=int, help="tokens one image counts as (258)")
+    serve.add_argument(
+        "--audio-tokens-per-s", type=float, help="tokens a second of audio counts as"
+    )
+    serve.add_argument(
+        "--video-tokens-per-s", type=float, help="tokens a second of video frames counts as"
+    )
+    serve.add_argument("--ledger-url", help="sqlite:///path or postgresql://... (default: SQLite)")
+    serve.add_argument("--prices-file", type=Path, help="TOML or JSON prices per million tokens")
+    serve.add_argument("--quota-requests-per-min", type=int, help="per API key; 0: unlimited")
+    serve.add_argument("--quota-tokens-per-min", type=int, help="per API key; 0: unlimited")
+    serve.add_argument("--quota-file", type=Path, help="per-key quota overrides (TOML or JSON)")
+
+
+def _cache_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--cache-min-tokens", type=int)
+    serve.add_argument(
+        "--cache-sweep-interval-s", type=float, help="how often expired caches are removed"
+    )
+    serve.add_argument("--kv-ram-bytes", type=int)
+    serve.add_argument("--kv-disk-bytes", type=int)
+
+
+def _doctor_flags(doctor: argparse.ArgumentParser) -> None:
     doctor.add_argument(
         "--engine-only", action="store_true", help="only the CPU, the engine and its self-check"
     )
@@ -105,7 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--ledger-url")
     doctor.add_argument("--vision-model", type=Path)
     doctor.add_argument("--mmproj", type=Path)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,10 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from flashlive.api.server import serve
 
-        logging.basicConfig(
-            level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-        )
-        asyncio.run(serve(settings))
+        logs.configure(settings.log_level, settings.log_format)
+        try:
+            asyncio.run(serve(settings))
+        except FailedStart as exc:
+            raise SystemExit(exc.message) from None
 
 
 def print_usage(settings: Settings, key: str | None, since: str | None, by: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,7 @@ class Settings(BaseSettings):
     kv_ram_bytes: int = Field(default=1 << 30, ge=0)  # saved prefix states kept in RAM
     kv_disk_bytes: int = Field(default=4 << 30, ge=0)  # ... and spilled to <data-dir>/kv
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object a line, with the ids
     # Usage ledger, prices and quotas (see README: "Usage ledger, prices and quotas").
     ledger_url: str | None = None  # None: SQLite at <data_dir>/ledger.sqlite3
     prices_file: Path | None = None  # TOML or JSON; replaces the default prices model by model

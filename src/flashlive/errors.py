@@ -1,7 +1,6 @@
-"""Typed errors raised inside flashlive; `api/` maps them to the Gemini error shape.
-
-Each error carries the canonical Google RPC status name and its HTTP code, so the
-mapping at the edge is a lookup, never a guess.
+"""Typed errors raised inside flashlive. Each kind says what went wrong, in the terms of
+google.rpc's canonical codes; `api/errors.py` alone maps a kind to an HTTP status, an RPC
+status name and a WebSocket close code.
 """
 
 from __future__ import annotations
@@ -12,9 +11,6 @@ from pydantic import ValidationError
 class FlashliveError(Exception):
     """Base class: an error that should reach the client as a Gemini error body."""
 
-    http_status = 500
-    rpc_status = "INTERNAL"
-
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -22,55 +18,48 @@ class FlashliveError(Exception):
 
 
 class InvalidArgument(FlashliveError):
-    http_status = 400
-    rpc_status = "INVALID_ARGUMENT"
+    """The request itself is wrong: a bad field, value or payload."""
 
 
 class FailedPrecondition(FlashliveError):
-    http_status = 400
-    rpc_status = "FAILED_PRECONDITION"
+    """The request is well formed but the state it meets refuses it."""
 
 
 class Unauthenticated(FlashliveError):
-    http_status = 401
-    rpc_status = "UNAUTHENTICATED"
+    """No credential, or one that is not known."""
 
 
 class PermissionDenied(FlashliveError):
-    http_status = 403
-    rpc_status = "PERMISSION_DENIED"
+    """A known credential that may not do this."""
 
 
 class NotFound(FlashliveError):
-    http_status = 404
-    rpc_status = "NOT_FOUND"
+    """The named model, cache or session does not exist (for this caller)."""
 
 
 class PayloadTooLarge(FlashliveError):
-    http_status = 413
-    rpc_status = "INVALID_ARGUMENT"
+    """A body or frame over the server's size limit."""
 
 
 class ResourceExhausted(FlashliveError):
-    http_status = 429
-    rpc_status = "RESOURCE_EXHAUSTED"
+    """A quota or a queue is full; `retry_after_s` says when to try again."""
 
 
 class Internal(FlashliveError):
-    http_status = 500
-    rpc_status = "INTERNAL"
+    """A fault of the server's own."""
 
 
 class Unavailable(FlashliveError):
-    http_status = 503
-    rpc_status = "UNAVAILABLE"
+    """A component cannot serve now (a model that did not load, a store that is down)."""
 
 
 class DeadlineExceeded(FlashliveError):
     """A time limit ran out: a Live connection's maximum duration, say. Nothing was wrong."""
 
-    http_status = 504
-    rpc_status = "DEADLINE_EXCEEDED"
+
+class FailedStart(FlashliveError):
+    """The server's own settings or components cannot work: raised before it listens, never
+    sent to a client; `flashlive serve` prints the message and exits."""
 
 
 def invalid_from_validation(exc: ValidationError) -> InvalidArgument:

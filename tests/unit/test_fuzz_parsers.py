@@ -21,6 +21,7 @@ from fuzz_report import publish
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flashlive.api.errors import http_status
 from flashlive.api.rest import _validated
 from flashlive.errors import FlashliveError
 from flashlive.generation.grammar import schema_grammar
@@ -62,8 +63,8 @@ def outcome(name: str, work: Callable[[], object]) -> None:
     try:
         work()
     except FlashliveError as exc:
-        assert 400 <= exc.http_status < 500, exc.message
-        TALLY[f"{name}: refused {exc.http_status}"] += 1
+        assert 400 <= http_status(exc) < 500, exc.message
+        TALLY[f"{name}: refused {http_status(exc)}"] += 1
     else:
         TALLY[f"{name}: accepted"] += 1
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from flashlive.api.errors import http_status
 from flashlive.errors import InvalidArgument
 from flashlive.generation.grammar import MAX_ALTERNATIVES, schema_grammar
 from flashlive.generation.pattern import MAX_REPEAT, gbnf_literal, pattern_expression
@@ -77,7 +78,7 @@ def outside_literals(body: str) -> str:
 def test_schemas_that_cannot_work_are_400s_naming_the_place(schema: Any, words: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         schema_grammar({"type": "object", "properties": {"x": schema}}, "responseJsonSchema")
-    assert info.value.http_status == 400
+    assert http_status(info.value) == 400
     assert words in info.value.message
     assert info.value.message.startswith("responseJsonSchema")
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from flashlive.api.errors import http_status
 from flashlive.errors import invalid_from_validation
 from flashlive.generation.text import MarkerSplit, StopMatcher
 from flashlive.protocol.generate import GenerateContentRequest
@@ -71,4 +72,4 @@ def test_any_json_object_parses_or_fails_with_a_readable_invalid_argument(
         GenerateContentRequest.model_validate(body)
     except ValidationError as exc:
         error = invalid_from_validation(exc)
-        assert error.http_status == 400 and error.message.startswith("Invalid JSON payload")
+        assert http_status(error) == 400 and error.message.startswith("Invalid JSON payload")

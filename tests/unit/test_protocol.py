@@ -1,6 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
+from flashlive.api.errors import http_status
 from flashlive.errors import invalid_from_validation
 from flashlive.protocol.content import Part
 from flashlive.protocol.generate import GenerateContentRequest, GenerationConfig
@@ -41,7 +42,7 @@ def test_unknown_field_is_reported_by_name() -> None:
     error = invalid_from_validation(info.value)
     assert 'Unknown name "tempo"' in error.message
     assert "generationConfig" in error.message
-    assert error.http_status == 400
+    assert http_status(error) == 400
 
 
 def test_part_needs_exactly_one_kind() -> None:

@@ -142,8 +142,9 @@ def test_a_missing_vision_model_file_is_reported(tmp_path: Path) -> None:
 def test_a_vision_model_needs_its_projector(tmp_path: Path) -> None:
     from flashlive.api.server import load_vision
     from flashlive.config import Settings
+    from flashlive.errors import FailedStart
 
-    with pytest.raises(SystemExit, match="go together"):
+    with pytest.raises(FailedStart, match="go together"):
         load_vision(Settings(vision_model=tmp_path / "model.gguf"))
 
 

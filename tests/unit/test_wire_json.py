@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from flashlive.api.errors import http_status
 from flashlive.errors import InvalidArgument
 from flashlive.protocol.generate import GenerateContentRequest, GenerationConfig
 from flashlive.protocol.live import parse_client_message
@@ -15,7 +16,7 @@ from flashlive.protocol.wire_json import MAX_DEPTH, parse_wire_json
 def refusal(raw: str | bytes) -> str:
     with pytest.raises(InvalidArgument) as info:
         parse_wire_json(raw)
-    assert info.value.http_status == 400
+    assert http_status(info.value) == 400
     assert info.value.message.startswith("Invalid JSON payload received.")
     return info.value.message
 

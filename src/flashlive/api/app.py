@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -12,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flashlive import logs
 from flashlive.api.caches import CachesApi
 from flashlive.api.errors import error_response
 from flashlive.api.keys import presented_key, presented_token
@@ -94,6 +96,22 @@ class SlashMiddleware:
 _SLASHES = re.compile(r"/{2,}")
 
 
+class ContextMiddleware:
+    """Each HTTP request gets an id its log lines carry (`logs.serving`); its caller, for fair
+    queues, is its key. A Live session's lines carry the session's id instead (`api/live.py`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        key = presented_key(scope)
+        with logs.serving(request=secrets.token_urlsafe(12), caller=hash_key(key) if key else None):
+            await self._app(scope, receive, send)
+
+
 def build_app(
     *,
     models: ModelManager,
@@ -124,11 +142,7 @@ def build_app(
         else None
     )
     recorder = UsageRecorder(usage, metrics) if usage is not None else None
-    if recorder is not None:
-        live.quota = recorder.check  # a key over its quota gets no more Live turns either
-        live.ledger = recorder  # Live turns are billed through the same recorder
-    if caches_api is not None:
-        live.caches = caches_api.resolver_for  # a Live setup may name a cachedContent too
+    _share_with_live(live, recorder, caches_api)
     if caches is not None and recorder is not None:
         billing = recorder
         caches.on_delete(lambda entry: billing.record_soon(cache_storage_record(entry, utc_now())))
@@ -141,7 +155,32 @@ def build_app(
         caches=caches_api.resolver if caches_api is not None else None,
         live=True,
     )
+    app = Starlette(
+        routes=[
+            *_service_routes(models, default_model, metrics),
+            *rest.routes(),
+            *LiveApi(live, tokens).routes(),
+            *TokensApi(tokens, models, max_request_bytes=max_request_bytes).routes(),
+            *(UsageApi(usage).routes() if usage is not None else []),
+            *(caches_api.routes() if caches_api is not None else []),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _unhandled},
+    )
+    app.router.redirect_slashes = False  # SlashMiddleware serves those paths instead
+    return ContextMiddleware(SlashMiddleware(MetricsMiddleware(AuthMiddleware(app, keys), metrics)))
 
+
+def _share_with_live(
+    live: LiveServices, recorder: UsageRecorder | None, caches_api: CachesApi | None
+) -> None:
+    if recorder is not None:
+        live.quota = recorder.check  # a key over its quota gets no more Live turns either
+        live.ledger = recorder  # Live turns are billed through the same recorder
+    if caches_api is not None:
+        live.caches = caches_api.resolver_for  # a Live setup may name a cachedContent too
+
+
+def _service_routes(models: ModelManager, default_model: str, metrics: Metrics) -> list[Route]:
     async def healthz(request: Request) -> Response:
         if default_model in models.loaded:
             return JSONResponse({"status": "ok", "models": sorted(models.loaded)})
@@ -150,30 +189,22 @@ def build_app(
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            return error_response(NotFound(f"{request.url.path} is not a known route"))
-        if exc.status_code == 405:
-            return error_response(
-                InvalidArgument(f"{request.method} is not allowed on {request.url.path}")
-            )
-        return error_response(InvalidArgument(str(exc.detail)))
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
 
-    async def unhandled(request: Request, exc: Exception) -> Response:
-        return error_response(exc)
 
-    app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-            *rest.routes(),
-            *LiveApi(live, tokens).routes(),
-            *TokensApi(tokens, models, max_request_bytes=max_request_bytes).routes(),
-            *(UsageApi(usage).routes() if usage is not None else []),
-            *(caches_api.routes() if caches_api is not None else []),
-        ],
-        exception_handlers={HTTPException: http_error, Exception: unhandled},
-    )
-    app.router.redirect_slashes = False  # SlashMiddleware serves those paths instead
-    return SlashMiddleware(MetricsMiddleware(AuthMiddleware(app, keys), metrics))
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"{request.url.path} is not a known route"))
+    if exc.status_code == 405:
+        return error_response(
+            InvalidArgument(f"{request.method} is not allowed on {request.url.path}")
+        )
+    return error_response(InvalidArgument(str(exc.detail)))
+
+
+async def _unhandled(request: Request, exc: Exception) -> Response:
+    return error_response(exc)

@@ -1,9 +1,11 @@
-"""The one place typed errors become the Gemini error body and an HTTP status."""
+"""The one place typed errors meet the wire: each kind's HTTP status, google.rpc status name
+and WebSocket close code, and the Gemini error body built from them."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -11,6 +13,7 @@ from starlette.responses import JSONResponse
 from flashlive.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    FailedStart,
     FlashliveError,
     Internal,
     InvalidArgument,
@@ -25,8 +28,48 @@ from flashlive.errors import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class WireStatus:
+    http: int
+    rpc: str
+    close: int
+
+
+# Close codes (RFC 6455 §7.4.1): a bad payload is 1007, a message the session's state or policy
+# forbids is 1008, an oversize frame 1009, an overloaded server 1013, anything else 1011. A
+# connection that reached its time limit closes normally (1000): the client resumes.
+_STATUS: dict[type[FlashliveError], WireStatus] = {
+    InvalidArgument: WireStatus(400, "INVALID_ARGUMENT", 1007),
+    FailedPrecondition: WireStatus(400, "FAILED_PRECONDITION", 1008),
+    Unauthenticated: WireStatus(401, "UNAUTHENTICATED", 1008),
+    PermissionDenied: WireStatus(403, "PERMISSION_DENIED", 1008),
+    NotFound: WireStatus(404, "NOT_FOUND", 1008),
+    PayloadTooLarge: WireStatus(413, "INVALID_ARGUMENT", 1009),
+    ResourceExhausted: WireStatus(429, "RESOURCE_EXHAUSTED", 1013),
+    Internal: WireStatus(500, "INTERNAL", 1011),
+    Unavailable: WireStatus(503, "UNAVAILABLE", 1013),
+    DeadlineExceeded: WireStatus(504, "DEADLINE_EXCEEDED", 1000),
+    FailedStart: WireStatus(500, "INTERNAL", 1011),  # raised before any client is served
+}
+_UNEXPECTED = _STATUS[Internal]
+MAX_CLOSE_REASON_BYTES = 123  # the close frame's payload limit, less its 2-byte code
+
+
+def wire_status(exc: BaseException) -> WireStatus:
+    """The statuses of `exc`'s kind (its nearest listed base); an unexpected error is INTERNAL."""
+    for kind in type(exc).__mro__:
+        if (found := _STATUS.get(kind)) is not None:
+            return found
+    return _UNEXPECTED
+
+
+def http_status(exc: BaseException) -> int:
+    return wire_status(exc).http
+
+
 def error_body(exc: FlashliveError) -> dict[str, Any]:
-    return {"error": {"code": exc.http_status, "message": exc.message, "status": exc.rpc_status}}
+    status = wire_status(exc)
+    return {"error": {"code": status.http, "message": exc.message, "status": status.rpc}}
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -36,7 +79,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     headers = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    return JSONResponse(error_body(exc), status_code=exc.http_status, headers=headers)
+    return JSONResponse(error_body(exc), status_code=http_status(exc), headers=headers)
 
 
 def stream_error(exc: BaseException, response_id: str) -> bytes:
@@ -46,35 +89,15 @@ def stream_error(exc: BaseException, response_id: str) -> bytes:
     it: an `{"error": ...}` element the SDKs raise on. Every such end is logged here.
     """
     if isinstance(exc, FlashliveError):
-        log.warning("stream %s ended early: %s %s", response_id, exc.rpc_status, exc.message)
+        log.warning("stream %s ended early: %s %s", response_id, wire_status(exc).rpc, exc.message)
     else:
         log.error("stream %s failed", response_id, exc_info=exc)
         exc = Internal("internal error; the server log has the details")
     return json.dumps(error_body(exc)).encode()
 
 
-# WebSocket close codes (RFC 6455 §7.4.1): a bad payload is 1007, a message the session's state or
-# policy forbids is 1008, an oversize frame 1009, an overloaded server 1013, anything else 1011.
-# A connection that reached its time limit closes normally (1000): the client resumes.
-_CLOSE_CODES: tuple[tuple[type[FlashliveError], int], ...] = (
-    (DeadlineExceeded, 1000),
-    (PayloadTooLarge, 1009),
-    (InvalidArgument, 1007),
-    (FailedPrecondition, 1008),
-    (Unauthenticated, 1008),
-    (PermissionDenied, 1008),
-    (NotFound, 1008),
-    (ResourceExhausted, 1013),
-    (Unavailable, 1013),
-)
-MAX_CLOSE_REASON_BYTES = 123  # the close frame's payload limit, less its 2-byte code
-
-
 def close_code(exc: BaseException) -> int:
-    for kind, code in _CLOSE_CODES:
-        if isinstance(exc, kind):
-            return code
-    return 1011
+    return wire_status(exc).close
 
 
 def close_reason(exc: BaseException) -> str:

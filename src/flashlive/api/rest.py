@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from flashlive.api.errors import error_response, stream_error
+from flashlive.api.errors import error_response, http_status, stream_error
 from flashlive.api.metrics import Metrics
 from flashlive.api.usage import CallUsage, UsageRecorder, call_usage
 from flashlive.errors import (
@@ -159,7 +159,7 @@ class RestApi:
             await self._account(call.record(200))  # counting is free: no tokens billed
             return JSONResponse(counted.dump())
         except FlashliveError as exc:
-            await self._account(call.record(exc.http_status))
+            await self._account(call.record(http_status(exc)))
             return error_response(exc)
         except Exception as exc:  # a bug: the client gets a 500, the ledger its record
             await self._account(call.record(500))
@@ -245,7 +245,7 @@ class RestApi:
                 if not sse:
                     yield b"]"
             except Exception as exc:
-                status = exc.http_status if isinstance(exc, FlashliveError) else 500
+                status = http_status(exc)
                 failure = stream_error(exc, first.response_id)
                 if sse:
                     yield b"data: " + failure + b"\r\n\r\n"

@@ -28,6 +28,7 @@ FRAMES_PER_SECOND = 100  # mel frames (hop 160 at 16 kHz)
 N_MELS = 80
 FULL_WINDOW_FRAMES = 3000  # Whisper's 30 s window
 MAX_AUDIO_S = 30.0
+LONG_WINDOW_S = 28.0  # a long recording is heard in windows under MAX_AUDIO_S
 # Silence after the speech. Shorter windows make the decoder repeat itself more often: on 90
 # synthetic utterances 1 s gave 6 loops, 3 s one, 4 s none; 4 s costs ~20 ms more encoding.
 PAD_S = 4.0
@@ -224,6 +225,15 @@ class Transcriber:
         # method, and the worker batches jobs whose function is the same object.
         result: Transcript = await self._worker.run_batched(client, samples, self._batch)
         return result
+
+    async def transcribe_long(self, client: str, audio: FloatArray) -> str:
+        """Audio of any length (a REST request's audio part), in windows Whisper can hear."""
+        step = int(LONG_WINDOW_S * INPUT_RATE)
+        pieces = [
+            (await self.transcribe(client, audio[start : start + step])).text.strip()
+            for start in range(0, audio.size, step)
+        ]
+        return " ".join(p for p in pieces if p)
 
     def close(self) -> None:
         self._worker.close()

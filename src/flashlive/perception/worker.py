@@ -12,6 +12,7 @@ eight utterances in one batch instead of making the last one wait for seven othe
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,8 @@ class _Job:
     item: Any = None  # one item of a batch for `batch`
     batch: BatchFn | None = None
     future: Future[Any] = field(default_factory=Future)
+    # The submitter's context: the job's log lines carry its request or session id (logs.py).
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class FairWorker:
@@ -172,11 +175,12 @@ class FairWorker:
     @staticmethod
     def _execute(jobs: list[_Job]) -> None:
         try:
-            if jobs[0].batch is not None:
-                results = jobs[0].batch([job.item for job in jobs])
+            first = jobs[0]
+            if first.batch is not None:  # in the first job's context: one id on its lines
+                results = first.context.run(first.batch, [job.item for job in jobs])
             else:
-                assert jobs[0].fn is not None
-                results = [jobs[0].fn()]
+                assert first.fn is not None
+                results = [first.context.run(first.fn)]
         except BaseException as exc:  # the callers decide what the failure means
             for job in jobs:
                 job.future.set_exception(exc)

@@ -21,8 +21,8 @@ from fuzz_report import publish
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flashlive.api.bodies import validated_body
 from flashlive.api.errors import http_status
-from flashlive.api.rest import _validated
 from flashlive.errors import FlashliveError
 from flashlive.generation.grammar import schema_grammar
 from flashlive.generation.pattern import pattern_expression
@@ -337,7 +337,7 @@ def prepared_without_an_engine(request: GenerateContentRequest) -> None:
 def test_generate_content_bodies_parse_or_are_400s(raw: bytes) -> None:
     outcome(
         "generateContent",
-        lambda: prepared_without_an_engine(_validated(raw, GenerateContentRequest)),
+        lambda: prepared_without_an_engine(validated_body(raw, GenerateContentRequest)),
     )
 
 
@@ -350,7 +350,7 @@ def test_generate_content_bodies_parse_or_are_400s(raw: bytes) -> None:
     )
 )
 def test_count_tokens_bodies_parse_or_are_400s(raw: bytes) -> None:
-    outcome("countTokens", lambda: _validated(raw, CountTokensRequest))
+    outcome("countTokens", lambda: validated_body(raw, CountTokensRequest))
 
 
 @FUZZ
@@ -371,7 +371,7 @@ def test_count_tokens_bodies_parse_or_are_400s(raw: bytes) -> None:
 )
 def test_cached_content_bodies_parse_or_are_400s(raw: bytes, create: bool) -> None:
     kind = CreateCachedContentRequest if create else CachedContent
-    outcome("cachedContents", lambda: _validated(raw, kind))
+    outcome("cachedContents", lambda: validated_body(raw, kind))
 
 
 @FUZZ
@@ -390,7 +390,7 @@ def test_cached_content_bodies_parse_or_are_400s(raw: bytes, create: bool) -> No
     )
 )
 def test_auth_token_bodies_parse_or_are_400s(raw: bytes) -> None:
-    outcome("authTokens", lambda: _validated(raw, CreateAuthTokenRequest))
+    outcome("authTokens", lambda: validated_body(raw, CreateAuthTokenRequest))
 
 
 # --- Live frames --------------------------------------------------------------------------------

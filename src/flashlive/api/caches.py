@@ -10,8 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from flashlive.api.bodies import read_body
 from flashlive.api.errors import error_response
-from flashlive.api.rest import VERSIONS, _parse
+from flashlive.api.rest import VERSIONS
 from flashlive.cache.registry import NAME_PREFIX, CacheEntry, CacheRegistry
 from flashlive.errors import FlashliveError, InvalidArgument
 from flashlive.generation.service import CachedPrefix, CacheResolver, GenerationService
@@ -86,7 +87,7 @@ class CachesApi:
         return await _answer(self._get(request, cache_id))
 
     async def _create(self, request: Request) -> Response:
-        body = await _parse(request, CreateCachedContentRequest, self._max_bytes)
+        body = await read_body(request, CreateCachedContentRequest, self._max_bytes)
         spec = self._models.spec(body.model)
         expiration = _checked(lambda: expiration_of(body.ttl, body.expire_time))
         if not (body.contents or body.system_instruction or body.tools):
@@ -127,7 +128,7 @@ class CachesApi:
         return JSONResponse(_resource(entry).dump())
 
     async def _update(self, request: Request, cache_id: str) -> Response:
-        body = await _parse(request, CachedContent, self._max_bytes)
+        body = await read_body(request, CachedContent, self._max_bytes)
         mask = request.query_params.get("updateMask")
         expiration = _checked(lambda: expiration_update(body, mask))
         entry = await asyncio.to_thread(

@@ -7,13 +7,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from flashlive.api.bodies import read_body
 from flashlive.api.errors import error_response, http_status, stream_error
 from flashlive.api.metrics import Metrics
 from flashlive.api.usage import CallUsage, UsageRecorder, call_usage
@@ -21,14 +22,11 @@ from flashlive.errors import (
     FlashliveError,
     InvalidArgument,
     NotFound,
-    PayloadTooLarge,
-    invalid_from_validation,
 )
 from flashlive.generation.service import CacheResolver, GenerationService
 from flashlive.ledger.records import UsageRecord
 from flashlive.models import ModelManager, ModelSpec
 from flashlive.protocol.base import model_id
-from flashlive.protocol.decisions import first_refusal
 from flashlive.protocol.generate import (
     CountTokensRequest,
     GenerateContentRequest,
@@ -36,14 +34,12 @@ from flashlive.protocol.generate import (
     ListModelsResponse,
     Model,
 )
-from flashlive.protocol.wire_json import parse_wire_json
 
 log = logging.getLogger(__name__)
 W = TypeVar("W", bound=BaseModel)
 T = TypeVar("T")
 VERSIONS = ("v1beta", "v1", "v1alpha")
 REST_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
-INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 
 
 class RestApi:
@@ -154,7 +150,7 @@ class RestApi:
                 return await self._generate(request, model, call)
             if action == "streamGenerateContent":
                 return await self._stream(request, model, call)
-            count_request = await _parse(request, CountTokensRequest, self._max_bytes)
+            count_request = await read_body(request, CountTokensRequest, self._max_bytes)
             counted = await self._service.count_tokens(model, count_request)
             await self._account(call.record(200))  # counting is free: no tokens billed
             return JSONResponse(counted.dump())
@@ -177,7 +173,7 @@ class RestApi:
             self._usage.record_soon(record)
 
     async def _generate(self, request: Request, model: str, call: CallUsage) -> Response:
-        body = await _parse(request, GenerateContentRequest, self._max_bytes)
+        body = await read_body(request, GenerateContentRequest, self._max_bytes)
         started = time.perf_counter()
         first_token: list[float] = []
 
@@ -204,7 +200,7 @@ class RestApi:
         return JSONResponse(response.dump())
 
     async def _stream(self, request: Request, model: str, call: CallUsage) -> Response:
-        body = await _parse(request, GenerateContentRequest, self._max_bytes)
+        body = await read_body(request, GenerateContentRequest, self._max_bytes)
         started = time.perf_counter()
         sse = request.query_params.get("alt") == "sse"
         chunks = self._service.stream(model, body, resolve_cache=self._resolver(request))
@@ -306,37 +302,3 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-async def _parse(request: Request, model: type[W], max_bytes: int) -> W:
-    declared = request.headers.get("content-length")
-    if declared is not None and _is_count(declared) and int(declared) > max_bytes:
-        raise PayloadTooLarge(
-            f"request body of {declared} bytes exceeds the {max_bytes}-byte limit"
-        )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the {max_bytes}-byte limit")
-    if len(body) <= INLINE_PARSE_BYTES:
-        return _validated(body, model)
-    # Parsing and checking megabytes takes a while: other requests go on meanwhile.
-    return await asyncio.to_thread(_validated, body, model)
-
-
-def _is_count(text: str) -> bool:
-    return text.isascii() and text.isdigit()  # str.isdigit() alone takes "¹²³", int() does not
-
-
-def _validated(body: bytes | bytearray, model: type[W]) -> W:
-    data: Any = parse_wire_json(body or b"{}")
-    if not isinstance(data, dict):
-        raise InvalidArgument("Invalid JSON payload received. The body must be a JSON object.")
-    try:
-        parsed = model.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
-    if (refusal := first_refusal(parsed)) is not None:
-        raise InvalidArgument(refusal)
-    return parsed

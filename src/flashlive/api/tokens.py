@@ -6,9 +6,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from flashlive.api.bodies import read_body
 from flashlive.api.errors import error_response
 from flashlive.api.keys import presented_key, presented_token
-from flashlive.api.rest import _parse
 from flashlive.auth import TokenRegistry
 from flashlive.errors import FlashliveError, PermissionDenied
 from flashlive.ledger.records import hash_key
@@ -42,7 +42,7 @@ class TokensApi:
         # would outlive its own limits, so this route checks again.
         if presented_token(request.scope) is not None:
             raise PermissionDenied("an ephemeral token cannot create tokens; use an API key")
-        body = await _parse(request, CreateAuthTokenRequest, self._max_bytes)
+        body = await read_body(request, CreateAuthTokenRequest, self._max_bytes)
         constraints = body.bidi_generate_content_setup
         if constraints is not None and constraints.model is not None:
             self._models.spec(constraints.model)  # NotFound now, not when a session starts

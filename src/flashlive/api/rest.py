@@ -284,7 +284,9 @@ async def _prepend(
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """The result of `work`, or None when the client disconnects first (`work` is cancelled)."""
+    """The result of `work`, or None when the client disconnects first (`work` is cancelled).
+
+    Two tasks a request, both finished (or cancelled) before this returns."""
     task = asyncio.ensure_future(work)
     left = asyncio.ensure_future(_disconnected(request))
     try:

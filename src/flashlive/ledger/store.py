@@ -239,6 +239,8 @@ class SqliteLedger:
         # A checkpoint fsyncs the database file: done by the writer it would stall every record
         # waiting behind it for milliseconds, so a separate thread does it, without blocking.
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        # Unbounded by type, bounded by its callers: each awaits its own record's commit, so the
+        # queue holds at most one record per call in flight.
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._closed = False
         self._stop = threading.Event()

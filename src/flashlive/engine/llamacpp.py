@@ -179,6 +179,10 @@ class LlamaCppEngine:
             )
         cancel = cancel or CancelToken()
         loop = asyncio.get_running_loop()
+        # Not given a maxsize, yet bounded: the worker puts at most one piece per token it
+        # decodes (at most `params.max_tokens`, and never past the context) plus one final
+        # piece or error. A maxsize would have to block the worker thread, and with it every
+        # engine of the process, on one slow reader.
         queue: asyncio.Queue[TokenPiece | BaseException] = asyncio.Queue()
 
         def emit(item: TokenPiece | BaseException) -> None:

@@ -23,16 +23,16 @@ from hypothesis import strategies as st
 
 from flashlive.api.rest import _validated
 from flashlive.errors import FlashliveError
-from flashlive.generation.grammar import schema_grammar
-from flashlive.generation.pattern import pattern_expression
-from flashlive.generation.schema import function_call_schema, to_json_schema
 from flashlive.generation.constraints import (
     allowed_functions,
     calling_mode,
     response_schema,
     tool_specs,
 )
+from flashlive.generation.grammar import schema_grammar
 from flashlive.generation.messages import messages_of
+from flashlive.generation.pattern import pattern_expression
+from flashlive.generation.schema import function_call_schema, to_json_schema
 from flashlive.live.session import Conversation, LiveConfig, Window
 from flashlive.perception.audio import parse_pcm_mime, pcm16_to_float
 from flashlive.protocol.base import decode_base64

@@ -45,9 +45,7 @@ def request(mode: str | None = None, max_tokens: int | None = None) -> GenerateC
     return GenerateContentRequest.model_validate(body)
 
 
-async def answer(
-    tmp_path: Path, mode: str | None, *scripts: list[str]
-) -> tuple[Any, FakeEngine]:
+async def answer(tmp_path: Path, mode: str | None, *scripts: list[str]) -> tuple[Any, FakeEngine]:
     engine = FakeEngine(list(scripts))
     response = await service_over(tmp_path, engine).generate(MODEL, request(mode))
     return response, engine

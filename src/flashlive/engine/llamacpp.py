@@ -3,8 +3,9 @@
 A `Llama` object is not thread-safe and holds one KV sequence, so every call that
 touches it runs on one worker thread. The thread's queue is FIFO, which makes
 concurrent requests take turns in arrival order; the event loop only awaits.
-Engines of one process share that worker by default: each generation already uses
-every core, and two at once would only fight over them (llama.cpp's threads spin).
+The engines a `ModelManager` loads share one worker, the process's (`worker.py`), with the
+native vision model: each generation already uses every core, and two at once would only
+fight over them (llama.cpp's threads spin).
 """
 
 from __future__ import annotations

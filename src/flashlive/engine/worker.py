@@ -41,7 +41,10 @@ def on_worker() -> bool:
 def run_on_worker(fn: Callable[[], T], worker: ThreadPoolExecutor | None = None) -> T:
     """Run `fn` on the worker and wait for it (blocking: call from a thread, not the loop).
 
-    Already on the worker, `fn` runs at once: waiting for itself would never end.
+    Already on the worker, `fn` runs at once: waiting for itself would never end. The worker's
+    queue has no maxsize, yet it is bounded: each caller waits here for its one job, so there
+    are never more of these jobs than threads calling (asyncio's default pool, a few dozen);
+    generations are bounded by the engine (`max_queued`, refused beyond it).
     """
     if on_worker():
         return fn()

@@ -15,13 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from flashlive.aliases import ModelAlias
+from flashlive.engine.base import Engine
 from flashlive.engine.llamacpp import LlamaCppEngine, LlamaCppOptions
+from flashlive.engine.worker import shared_worker
 from flashlive.errors import NotFound, Unavailable
 from flashlive.protocol.base import model_id
 
@@ -193,7 +194,7 @@ def engine_context(requested: int) -> int:
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    engine: LlamaCppEngine
+    engine: Engine  # everything above the engine sees only the protocol
 
 
 class ModelManager:
@@ -220,7 +221,7 @@ class ModelManager:
         self._options = options
         self._loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {s.id: asyncio.Lock() for s in specs}
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._worker = shared_worker()  # the native vision model takes turns on it too
 
     @property
     def specs(self) -> list[ModelSpec]:
@@ -276,5 +277,4 @@ class ModelManager:
     async def aclose(self) -> None:
         for loaded in self._loaded.values():
             await loaded.engine.aclose()
-        self._loaded.clear()
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        self._loaded.clear()  # the shared worker outlives a manager: the process owns it

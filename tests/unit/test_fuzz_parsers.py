@@ -24,16 +24,16 @@ from hypothesis import strategies as st
 from flashlive.api.bodies import validated_body
 from flashlive.api.errors import http_status
 from flashlive.errors import FlashliveError
+from flashlive.generation.constraints import (
+    allowed_functions,
+    calling_mode,
+    response_schema,
+    tool_specs,
+)
 from flashlive.generation.grammar import schema_grammar
+from flashlive.generation.messages import messages_of
 from flashlive.generation.pattern import pattern_expression
 from flashlive.generation.schema import function_call_schema, to_json_schema
-from flashlive.generation.service import (
-    _allowed_functions,
-    _calling_mode,
-    _messages,
-    _response_schema,
-    _tool_specs,
-)
 from flashlive.live.session import Conversation, LiveConfig, Window
 from flashlive.perception.audio import parse_pcm_mime, pcm16_to_float
 from flashlive.protocol.base import decode_base64
@@ -320,11 +320,11 @@ requests = plain_requests | st.fixed_dictionaries(
 def prepared_without_an_engine(request: GenerateContentRequest) -> None:
     """What `GenerationService.prepare` decides before it needs a model: all of it refusals."""
     config = request.generation_config or GenerationConfig()
-    schema, where = _response_schema(config)
-    _messages(request)
-    specs = _tool_specs(request.tools)
-    mode = _calling_mode(request, specs)
-    allowed = _allowed_functions(request, specs)
+    schema, where = response_schema(config)
+    messages_of(request)
+    specs = tool_specs(request.tools)
+    mode = calling_mode(request, specs)
+    allowed = allowed_functions(request, specs)
     if mode is FunctionCallingMode.ANY:
         functions = {s.name: s.parameters for s in specs if s.name in allowed}
         schema, where = function_call_schema(functions), "functionDeclarations"

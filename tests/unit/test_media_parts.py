@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from media import encoded, sign, video
 from PIL import Image
-from scripted import MODEL, ScriptedEngine, service_over
+from scripted import MODEL, FakeEngine, service_over
 
 from flashlive.errors import InvalidArgument
 from flashlive.generation.resolution import Resolution, resolution_of
@@ -84,7 +84,7 @@ async def heard(samples: np.ndarray) -> str:
 def perceiving(tmp_path: Path) -> tuple[GenerationService, SizeVision]:
     vision = SizeVision()
     service = service_over(
-        tmp_path, ScriptedEngine([]), vision=vision, transcribe=heard, media_tokens=MediaTokens()
+        tmp_path, FakeEngine([]), vision=vision, transcribe=heard, media_tokens=MediaTokens()
     )
     return service, vision
 

@@ -8,65 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from scripted import MODEL, FakeEngine, Script, models_over
 
 from flashlive.api.app import build_app
 from flashlive.auth import ApiKeys
-from flashlive.engine import FinishCause, PrefixState, SamplingParams, TokenPiece
-from flashlive.engine.base import CancelToken, EngineInfo
-from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.generation.service import GenerationService
 from flashlive.live.services import LiveLimits, LiveServices, Perception
-from flashlive.models import BUILTIN_MODELS, LoadedModel, ModelManager
 
-MODEL = "gemma-3-270m"  # prompted as plain text: no chat template needed
 BODY = {"contents": [{"role": "user", "parts": [{"text": "Count to ten."}]}]}
 
 
-class FailingEngine:
-    """Decodes `pieces`, then raises `failure` (None: finishes normally)."""
-
-    def __init__(self, pieces: list[str], failure: BaseException | None) -> None:
-        self.pieces = pieces
-        self.failure = failure
-        self.info = EngineInfo(MODEL, 512, None, "", "")
-        self.cached_prefix: Sequence[int] = []
-
-    def tokenize(self, text: str) -> list[int]:
-        return list(range(len(text.split())))
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
-
-    async def stream(
-        self,
-        prompt: Sequence[int],
-        params: SamplingParams,
-        cancel: CancelToken | None = None,
-        prefix: PrefixState | None = None,
-    ) -> AsyncGenerator[TokenPiece, None]:
-        for i, piece in enumerate(self.pieces):
-            yield TokenPiece(piece, i)
-        if self.failure is not None:
-            raise self.failure
-        yield TokenPiece("", None, FinishCause.END_OF_TURN)
-
-    async def snapshot(self, tokens: Sequence[int] | None = None) -> PrefixState:
-        return PrefixState(MODEL, tuple(tokens or ()), b"")
-
-
-def app_with(tmp_path: Path, engine: FailingEngine, **spec: Any) -> httpx.AsyncClient:
-    specs = [replace(s, **spec) if s.id == MODEL else s for s in BUILTIN_MODELS]
-    models = ModelManager(specs, models_dir=tmp_path, options=LlamaCppOptions())
-    spec = models.spec(MODEL)
-    models._loaded[MODEL] = LoadedModel(spec=spec, engine=engine)  # type: ignore[arg-type]
+def app_with(tmp_path: Path, engine: FakeEngine, **spec: Any) -> httpx.AsyncClient:
+    models = models_over(tmp_path, engine, **spec)
     service = GenerationService(models, output_token_limit=64)
     app = build_app(
         models=models,
@@ -86,7 +45,7 @@ async def stream(client: httpx.AsyncClient, query: str = "") -> httpx.Response:
 async def test_a_json_array_stream_that_fails_ends_with_an_error_element(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = FailingEngine(["One,", " two,"], RuntimeError("decode failed"))
+    engine = FakeEngine([Script(["One,", " two,"], RuntimeError("decode failed"))])
     async with app_with(tmp_path, engine) as client:
         with caplog.at_level(logging.ERROR, logger="flashlive.api.errors"):
             response = await stream(client)
@@ -107,7 +66,7 @@ async def test_a_json_array_stream_that_fails_ends_with_an_error_element(
 
 
 async def test_an_sse_stream_that_fails_ends_with_an_error_event(tmp_path: Path) -> None:
-    engine = FailingEngine(["One,"], RuntimeError("decode failed"))
+    engine = FakeEngine([Script(["One,"], RuntimeError("decode failed"))])
     async with app_with(tmp_path, engine) as client:
         response = await stream(client, "?alt=sse")
     events = [json.loads(line[6:]) for line in response.text.splitlines() if line]
@@ -116,7 +75,7 @@ async def test_an_sse_stream_that_fails_ends_with_an_error_event(tmp_path: Path)
 
 
 async def test_a_stream_that_completes_has_no_error_element(tmp_path: Path) -> None:
-    async with app_with(tmp_path, FailingEngine(["One."], None)) as client:
+    async with app_with(tmp_path, FakeEngine([["One."]])) as client:
         response = await stream(client)
     chunks: list[dict[str, Any]] = json.loads(response.text)
     assert not any("error" in c for c in chunks)
@@ -137,7 +96,7 @@ def test_the_sdk_raises_on_an_error_element() -> None:
 
 
 async def test_a_request_hotter_than_the_models_max_temperature_is_refused(tmp_path: Path) -> None:
-    engine = FailingEngine(["Hi."], None)
+    engine = FakeEngine([["Hi."], ["Hi."]])
     async with app_with(tmp_path, engine, max_temperature=1.0) as client:
         model = (await client.get(f"/v1beta/models/{MODEL}")).json()
         assert model["maxTemperature"] == 1.0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scripted import MODEL, ScriptedEngine, service_over
+from scripted import MODEL, FakeEngine, service_over
 
 from flashlive.generation.prompt import TOOL_CALL_OPEN
 from flashlive.protocol.generate import GenerateContentRequest, GenerationConfig
@@ -45,10 +45,8 @@ def request(mode: str | None = None, max_tokens: int | None = None) -> GenerateC
     return GenerateContentRequest.model_validate(body)
 
 
-async def answer(
-    tmp_path: Path, mode: str | None, *scripts: list[str]
-) -> tuple[Any, ScriptedEngine]:
-    engine = ScriptedEngine(list(scripts))
+async def answer(tmp_path: Path, mode: str | None, *scripts: list[str]) -> tuple[Any, FakeEngine]:
+    engine = FakeEngine(list(scripts))
     response = await service_over(tmp_path, engine).generate(MODEL, request(mode))
     return response, engine
 
@@ -96,7 +94,7 @@ async def test_free_text_is_one_unconstrained_pass(tmp_path: Path) -> None:
 
 
 async def test_a_call_cut_short_by_max_tokens_says_so(tmp_path: Path) -> None:
-    engine = ScriptedEngine([["{{"], ['{"name": ', '"get_weather", "argu']])
+    engine = FakeEngine([["{{"], ['{"name": ', '"get_weather", "argu']])
     response = await service_over(tmp_path, engine).generate(MODEL, request(max_tokens=2))
     assert response.candidates[0].finish_reason == "MAX_TOKENS"
     assert not any(p.function_call for p in response.candidates[0].content.parts)
@@ -104,7 +102,7 @@ async def test_a_call_cut_short_by_max_tokens_says_so(tmp_path: Path) -> None:
 
 
 async def test_a_json_answer_beside_tools_is_no_call(tmp_path: Path) -> None:
-    engine = ScriptedEngine([['{"city": ', '"Paris"}']])
+    engine = FakeEngine([['{"city": ', '"Paris"}']])
     asked = request().model_copy(
         update={"generation_config": GenerationConfig(response_mime_type="application/json")}
     )

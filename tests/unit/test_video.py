@@ -7,7 +7,7 @@ from media import sign, video
 from PIL import Image
 
 from flashlive.errors import InvalidArgument
-from flashlive.generation.service import _scenes, _spans
+from flashlive.generation.media import scenes, spans
 from flashlive.perception.video import decode_video
 from flashlive.perception.vision import Observation
 
@@ -58,6 +58,6 @@ class WordVision:
 def test_scenes_keep_time_order_and_skip_repeated_frames() -> None:
     frames = [(0.0, sign("ONE")), (1.0, sign("ONE")), (2.0, sign("TWO")), (3.0, sign("TWO"))]
     vision = WordVision()
-    scenes = _scenes(vision, frames)
+    seen = scenes(vision, frames)
     assert vision.looks == 2  # the repeated frames were not looked at
-    assert _spans(scenes, 4.0) == [(0.0, 2.0, "look 1"), (2.0, 4.0, "look 2")]
+    assert spans(seen, 4.0) == [(0.0, 2.0, "look 1"), (2.0, 4.0, "look 2")]

@@ -1,4 +1,7 @@
-"""Usage accounting at the edge: quota checks, one ledger record per call, GET /v1beta/usage."""
+"""Usage accounting at the edge: quota checks, one ledger record per call, GET /v1beta/usage.
+
+What a call's tokens count as (media included) is decided in `flashlive.usage`, for REST and
+Live alike; this module only records it."""
 
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ from flashlive.ledger.prices import PriceTable
 from flashlive.ledger.records import UsageRecord, hash_key, parse_since, utc_now
 from flashlive.ledger.store import GroupBy, Ledger
 from flashlive.protocol.base import model_id
-from flashlive.protocol.generate import ModalityTokenCount, UsageMetadata
+from flashlive.protocol.generate import UsageMetadata
 from flashlive.quota import Quotas
+from flashlive.usage import tokens_by_modality
 
 
 @dataclass
@@ -58,7 +62,10 @@ class UsageRecorder:
         self._setup.quotas.charge(rec.key_hash, rec.total_input + rec.total_output)
 
     def record_soon(self, rec: UsageRecord) -> None:
-        """For paths that cannot wait (a stream being torn down): written in the background."""
+        """For paths that cannot wait (a stream being torn down): written in the background.
+
+        One task per torn-down call, each one ledger write: they end as fast as the ledger
+        writes, and a caller cannot make more of them than calls it makes."""
         task = asyncio.ensure_future(self.record(rec))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -82,10 +89,10 @@ class CallUsage:
             key_hash=self.key_hash,
             model=model_id(self.model),
             method=self.method,
-            input_tokens=_by_modality(usage.prompt_tokens_details, usage.prompt_token_count)
+            input_tokens=tokens_by_modality(usage.prompt_tokens_details, usage.prompt_token_count)
             if usage
             else {},
-            output_tokens=_by_modality(
+            output_tokens=tokens_by_modality(
                 usage.candidates_tokens_details, usage.candidates_token_count or 0
             )
             if usage
@@ -98,12 +105,6 @@ class CallUsage:
 
 def call_usage(request: Request, model: str, method: str) -> CallUsage:
     return CallUsage(hash_key(presented_key(request.scope)), model, method)
-
-
-def _by_modality(details: list[ModalityTokenCount] | None, total: int) -> dict[str, int]:
-    if not details:
-        return {"TEXT": total} if total else {}
-    return {str(d.modality.value): d.token_count for d in details if d.token_count}
 
 
 class UsageApi:

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 from flashlive.engine import PrefixState, common_prefix
@@ -67,7 +68,7 @@ class PrefixStore:
         return state
 
     def best_match(
-        self, model: str, tokens: list[int], *, minimum: int
+        self, model: str, tokens: Sequence[int], *, minimum: int
     ) -> tuple[PrefixState, int] | None:
         """The RAM state sharing the longest prefix with `tokens` (at least `minimum` tokens,
         short of all of them), and that shared length."""

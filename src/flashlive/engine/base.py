@@ -85,6 +85,16 @@ class Engine(Protocol):
     @property
     def info(self) -> EngineInfo: ...
 
+    @property
+    def queued(self) -> int:
+        """Generations waiting for the engine (what /metrics reports)."""
+        ...
+
+    @property
+    def active(self) -> int:
+        """Generations running right now."""
+        ...
+
     def tokenize(self, text: str) -> list[int]:
         """Tokens of `text` exactly as `stream` will see it (special tokens parsed, BOS added)."""
         ...

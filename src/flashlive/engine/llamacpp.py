@@ -3,8 +3,9 @@
 A `Llama` object is not thread-safe and holds one KV sequence, so every call that
 touches it runs on one worker thread. The thread's queue is FIFO, which makes
 concurrent requests take turns in arrival order; the event loop only awaits.
-Engines of one process share that worker by default: each generation already uses
-every core, and two at once would only fight over them (llama.cpp's threads spin).
+The engines a `ModelManager` loads share one worker, the process's (`worker.py`), with the
+native vision model: each generation already uses every core, and two at once would only
+fight over them (llama.cpp's threads spin).
 """
 
 from __future__ import annotations
@@ -179,6 +180,10 @@ class LlamaCppEngine:
             )
         cancel = cancel or CancelToken()
         loop = asyncio.get_running_loop()
+        # Not given a maxsize, yet bounded: the worker puts at most one piece per token it
+        # decodes (at most `params.max_tokens`, and never past the context) plus one final
+        # piece or error. A maxsize would have to block the worker thread, and with it every
+        # engine of the process, on one slow reader.
         queue: asyncio.Queue[TokenPiece | BaseException] = asyncio.Queue()
 
         def emit(item: TokenPiece | BaseException) -> None:

@@ -34,18 +34,7 @@ def to_json_schema(schema: Schema, where: str = "schema") -> dict[str, Any]:
         out["enum"] = list(schema.enum)
         out.setdefault("type", "string")
     if schema.type is SchemaType.OBJECT or schema.properties is not None:
-        out["type"] = "object"
-        props = schema.properties or {}
-        order = [k for k in (schema.property_ordering or []) if k in props]
-        order += [k for k in props if k not in order]
-        out["properties"] = {k: to_json_schema(props[k], f"{where}.properties.{k}") for k in order}
-        required = schema.required or []
-        unknown = [r for r in required if r not in props]
-        if unknown:
-            raise InvalidArgument(f"{where}.required names unknown properties: {unknown}")
-        if required:
-            out["required"] = list(required)
-        out["additionalProperties"] = False
+        _add_object(out, schema, where)
     if schema.type is SchemaType.ARRAY:
         if schema.items is None:
             raise InvalidArgument(f"{where}: an ARRAY schema needs items")
@@ -69,6 +58,22 @@ def to_json_schema(schema: Schema, where: str = "schema") -> dict[str, Any]:
     if schema.nullable:
         out = {"anyOf": [out, {"type": "null"}]}
     return out
+
+
+def _add_object(out: dict[str, Any], schema: Schema, where: str) -> None:
+    """An object's properties (in their given order), required names and closedness."""
+    out["type"] = "object"
+    props = schema.properties or {}
+    order = [k for k in (schema.property_ordering or []) if k in props]
+    order += [k for k in props if k not in order]
+    out["properties"] = {k: to_json_schema(props[k], f"{where}.properties.{k}") for k in order}
+    required = schema.required or []
+    unknown = [r for r in required if r not in props]
+    if unknown:
+        raise InvalidArgument(f"{where}.required names unknown properties: {unknown}")
+    if required:
+        out["required"] = list(required)
+    out["additionalProperties"] = False
 
 
 def _number(value: int | float | str, where: str) -> int | float:

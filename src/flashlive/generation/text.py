@@ -1,4 +1,5 @@
-"""Streaming text filters: stop sequences and tool-call capture, fed one piece at a time."""
+"""Streaming text filters: stop sequences, tool-call capture and whitespace trim, fed one piece at
+a time. Each has one shape (`feed`, `flush`, `done`): `generation/decode.py` chains them."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class StopMatcher:
             return buffer[:hit]
         self._held = buffer[len(buffer) - hold :]
         return buffer[: len(buffer) - hold]
+
+    @property
+    def done(self) -> bool:
+        return self.stopped
 
     def _first_hit(self, buffer: str) -> int | None:
         hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
@@ -96,6 +101,10 @@ class MarkerSplit:
         rest, self._held = self._held, ""
         return rest
 
+    @property
+    def done(self) -> bool:
+        return False  # what it captures is read at the end, however long it runs
+
 
 class WhitespaceTrim:
     """Drops whitespace before the first and after the last visible character of an answer.
@@ -120,3 +129,12 @@ class WhitespaceTrim:
         out = self._pending + body
         self._pending = text[len(body) :]
         return out
+
+    def flush(self) -> str:
+        """Nothing: whitespace at the end is dropped. It stays pending, so that text that
+        follows after all (a call that turned out to be text) comes after it as written."""
+        return ""
+
+    @property
+    def done(self) -> bool:
+        return False

@@ -13,6 +13,7 @@ interface and return its own observation.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import logging
@@ -23,6 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from flashlive.engine.worker import run_on_worker
 from flashlive.errors import InvalidArgument
 from flashlive.perception.bodies import BodyDetector
 from flashlive.perception.labels import Labeler
@@ -303,14 +306,21 @@ class NativeVision:
     """A multimodal GGUF (model + `mmproj` projector) looks at the image itself, through
     llama.cpp, and says what it sees; the language model gets that text as the observation."""
 
-    def __init__(self, model: ChatModel) -> None:
+    def __init__(self, model: ChatModel, worker: ThreadPoolExecutor | None = None) -> None:
         self._model = model
-        self._lock = threading.Lock()  # one llama.cpp context: one image at a time
+        # The text engine's worker (by default the process's one): an image is described
+        # between generations, not beside one, and one image at a time.
+        self._worker = worker
         self._seen = SeenImages()
 
     @classmethod
     def load(
-        cls, model_path: Path, mmproj_path: Path, *, threads: int | None = None
+        cls,
+        model_path: Path,
+        mmproj_path: Path,
+        *,
+        threads: int | None = None,
+        worker: ThreadPoolExecutor | None = None,
     ) -> NativeVision:
         """Blocking: loads the model and its projector (seconds)."""
         from llama_cpp import Llama
@@ -331,7 +341,7 @@ class NativeVision:
             n_threads=threads,
             verbose=False,
         )
-        return cls(model)
+        return cls(model, worker)
 
     def observe(self, image: bytes, mime_type: str, *, max_side: int | None = None) -> Observation:
         # Decoded first: what cannot be read is refused before it reaches the model.
@@ -351,9 +361,14 @@ class NativeVision:
             }
         ]
         began = time.perf_counter()
-        with self._lock:
-            reply = self._model.create_chat_completion(
-                messages=messages, max_tokens=DESCRIBE_MAX_TOKENS, temperature=0.0
-            )
+        reply = run_on_worker(
+            functools.partial(
+                self._model.create_chat_completion,
+                messages=messages,
+                max_tokens=DESCRIBE_MAX_TOKENS,
+                temperature=0.0,
+            ),
+            self._worker,
+        )
         text = " ".join(str(reply["choices"][0]["message"]["content"] or "").split())
         return Observation(text or "nothing recognised", {"describe": time.perf_counter() - began})

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flashlive.protocol.content import Content
+from flashlive.protocol.content import Content, Part, Role
 
 if TYPE_CHECKING:
     from flashlive.live.answer import ModelTurn
@@ -57,3 +57,7 @@ class Spoken:
 
     text: str
     seconds: float
+
+
+def user_text(text: str) -> Content:
+    return Content(role=Role.USER, parts=[Part(text=text)])

@@ -120,11 +120,14 @@ class Listener:
         self.in_activity = None
         self.core.activity_end()
         if audio.size:
+            # As in `finish_utterance`; here the client's signals set the pace, one utterance
+            # per activityStart / activityEnd pair, each carried in by the bounded audio queue.
             self.hooks.spawn(self._finish_utterance(audio, None))
 
     # --- what the core asks for -----------------------------------------------------------
 
     def start_speculation(self, sample: int, audio: np.ndarray) -> None:
+        # One per pause; the core drops the one before whenever speech resumes or ends.
         self.speculation = Speculation(sample, self.hooks.spawn(self._speculate(audio)))
 
     def drop_speculation(self) -> None:
@@ -140,6 +143,10 @@ class Listener:
     def finish_utterance(self, audio: np.ndarray, keep_speculation: bool) -> None:
         speculation = self.speculation if keep_speculation else None
         self.speculation = None
+        # One task per utterance, waiting its turn on `finish_lock`. Each becomes a user turn,
+        # and the core closes the session once more turns wait than the turn queue holds; the
+        # utterances still being transcribed before that are bounded only by the VAD's pace
+        # (an utterance lasts at least its start and silence times).
         self.hooks.spawn(self._finish_utterance(audio, speculation))
 
     # --- tasks ----------------------------------------------------------------------------
@@ -158,7 +165,7 @@ class Listener:
         if audio is None or audio.size < self.warmed_samples + WARM_EVERY_S * INPUT_RATE:
             return
         self.warmed_samples = audio.size
-        self.warming = self.hooks.spawn(self._warm(audio))
+        self.warming = self.hooks.spawn(self._warm(audio))  # one at a time (checked above)
 
     async def _warm(self, audio: np.ndarray) -> None:
         text = await self._transcribe(audio)

@@ -17,6 +17,7 @@ import pytest
 from speech import spoken, word_error_rate
 
 from flashlive.errors import InvalidArgument
+from flashlive.live.activity import vad_settings
 from flashlive.perception.asr import MAX_BATCH, Transcriber
 from flashlive.perception.audio import INPUT_RATE, OUTPUT_RATE, pcm16_to_float, resample
 from flashlive.perception.tts import (
@@ -29,7 +30,6 @@ from flashlive.perception.vad import (
     SpeechEnded,
     SpeechStarted,
     VadEvent,
-    VadSettings,
     VadStream,
 )
 from flashlive.perception.worker import FairWorker
@@ -55,7 +55,7 @@ def voiced_span(audio: np.ndarray, offset: int) -> tuple[float, float]:
 
 
 def run_vad(model: SileroVad, audio: np.ndarray) -> list[VadEvent]:
-    stream = VadStream(model, VadSettings.from_live(None, None, None, None))
+    stream = VadStream(model, vad_settings(None, None, None, None))
     events: list[VadEvent] = []
     for i in range(0, audio.size, 1600):  # 100 ms chunks, as a client would send them
         events += stream.feed(audio[i : i + 1600])

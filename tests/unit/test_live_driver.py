@@ -981,7 +981,7 @@ async def test_with_turn_coverage_only_activity_frames_count_while_the_user_is_a
     transport.client(frame((200, 30, 30), size=(640, 480)))  # nobody speaks: not in a turn
     transport.client({"realtimeInput": {"activityStart": {}}})
     async with asyncio.timeout(5):
-        while session.in_activity is None:
+        while not session.core.in_activity:
             await asyncio.sleep(0.01)
     assert vision.looks == 0
     transport.client(frame((30, 30, 200)))

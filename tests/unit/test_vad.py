@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from flashlive.errors import InvalidArgument
+from flashlive.live.activity import vad_settings
 from flashlive.perception.vad import (
     FRAME,
     SileroState,
@@ -197,17 +198,17 @@ def test_chunking_does_not_change_events() -> None:
 
 
 def test_live_defaults_report_onset_within_100_ms() -> None:
-    settings = VadSettings.from_live(None, None, None, None)
+    settings = vad_settings(None, None, None, None)
     assert settings.start_ms <= 100
     assert settings.pause_ms < settings.silence_ms
-    assert settings == VadSettings.from_live(
+    assert settings == vad_settings(
         "START_SENSITIVITY_UNSPECIFIED", "END_SENSITIVITY_UNSPECIFIED", None, None
     )
 
 
 def test_start_sensitivity_high_starts_on_less_speech_than_low() -> None:
-    high = VadSettings.from_live("START_SENSITIVITY_HIGH", None, None, None)
-    low = VadSettings.from_live("START_SENSITIVITY_LOW", None, None, None)
+    high = vad_settings("START_SENSITIVITY_HIGH", None, None, None)
+    low = vad_settings("START_SENSITIVITY_LOW", None, None, None)
     assert high.start_ms < low.start_ms
     assert high.start_threshold < low.start_threshold
     probs = [0.9] * 3 + [0.0] * 30
@@ -216,8 +217,8 @@ def test_start_sensitivity_high_starts_on_less_speech_than_low() -> None:
 
 
 def test_end_sensitivity_high_ends_after_shorter_silence_than_low() -> None:
-    high = VadSettings.from_live(None, "END_SENSITIVITY_HIGH", None, None)
-    low = VadSettings.from_live(None, "END_SENSITIVITY_LOW", None, None)
+    high = vad_settings(None, "END_SENSITIVITY_HIGH", None, None)
+    low = vad_settings(None, "END_SENSITIVITY_LOW", None, None)
     assert high.silence_ms < low.silence_ms
     probs = [0.9] * 5 + [0.0] * 20  # 640 ms of silence
     assert isinstance(run(probs, frames=25, settings=high)[1][-1], SpeechEnded)
@@ -225,7 +226,7 @@ def test_end_sensitivity_high_ends_after_shorter_silence_than_low() -> None:
 
 
 def test_explicit_durations_override_sensitivities() -> None:
-    settings = VadSettings.from_live("START_SENSITIVITY_LOW", "END_SENSITIVITY_LOW", 20, 1500)
+    settings = vad_settings("START_SENSITIVITY_LOW", "END_SENSITIVITY_LOW", 20, 1500)
     assert settings.start_ms == 20
     assert settings.silence_ms == 1500
 
@@ -244,7 +245,7 @@ def test_bad_live_settings_are_refused(
     args: tuple[str | None, str | None, int | None, int | None],
 ) -> None:
     with pytest.raises(InvalidArgument):
-        VadSettings.from_live(*args)
+        vad_settings(*args)
 
 
 def test_inconsistent_thresholds_are_refused() -> None:

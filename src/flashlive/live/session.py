@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from flashlive.errors import FailedPrecondition, InvalidArgument
 from flashlive.generation.resolution import Resolution, resolution_of
+from flashlive.live.activity import vad_settings
 from flashlive.perception.vad import VadSettings
 from flashlive.protocol.base import model_id
 from flashlive.protocol.content import Content, FunctionCall, FunctionResponse, Part, Role
@@ -70,7 +71,7 @@ class LiveConfig:
         realtime = setup.realtime_input_config
         detection = realtime.automatic_activity_detection if realtime else None
         handling = realtime.activity_handling if realtime else None
-        vad = VadSettings.from_live(
+        vad = vad_settings(
             detection.start_of_speech_sensitivity if detection else None,
             detection.end_of_speech_sensitivity if detection else None,
             detection.prefix_padding_ms if detection else None,

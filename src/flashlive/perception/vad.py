@@ -78,17 +78,6 @@ class SileroVad:
         return float(np.asarray(prob).reshape(-1)[0]), SileroState(h, c, frame[-CONTEXT:].copy())
 
 
-_START = {  # Gemini start-of-speech sensitivity → (probability threshold, voiced ms to commit)
-    "START_SENSITIVITY_HIGH": (0.5, 64),
-    "START_SENSITIVITY_LOW": (0.65, 192),
-}
-_END = {  # end-of-speech sensitivity → (probability below which a frame is silence, silence ms)
-    "END_SENSITIVITY_HIGH": (0.35, 400),
-    "END_SENSITIVITY_LOW": (0.25, 800),
-}
-_UNSPECIFIED = ("START_SENSITIVITY_UNSPECIFIED", "END_SENSITIVITY_UNSPECIFIED")
-
-
 @dataclass(frozen=True)
 class VadSettings:
     start_threshold: float = 0.5
@@ -101,7 +90,7 @@ class VadSettings:
 
     def __post_init__(self) -> None:
         for name in ("start_ms", "silence_ms", "pause_ms", "prefix_padding_ms"):
-            _check_ms(name, getattr(self, name))
+            check_ms(name, getattr(self, name))
         if self.max_utterance_ms < 1000:
             raise InvalidArgument("max_utterance_ms must be at least 1000.")
         if not 0.0 < self.end_threshold <= self.start_threshold < 1.0:
@@ -109,51 +98,14 @@ class VadSettings:
                 "VAD thresholds must satisfy 0 < end_threshold <= start_threshold < 1."
             )
 
-    @classmethod
-    def from_live(
-        cls,
-        start_sensitivity: str | None,
-        end_sensitivity: str | None,
-        prefix_padding_ms: int | None,
-        silence_duration_ms: int | None,
-    ) -> VadSettings:
-        """Maps Gemini's `automaticActivityDetection`; unspecified sensitivities mean HIGH.
-
-        `prefixPaddingMs` follows the API reference: "the required duration of detected speech
-        before start-of-speech is committed", i.e. `start_ms`. The audio handed to ASR always keeps
-        `prefix_padding_ms` of audio before the onset as well, so no reading clips words.
-        """
-        start_threshold, start_ms = _START[_sensitivity(start_sensitivity, "START", _START)]
-        end_threshold, silence_ms = _END[_sensitivity(end_sensitivity, "END", _END)]
-        if prefix_padding_ms is not None:
-            _check_ms("prefixPaddingMs", prefix_padding_ms)
-            start_ms = prefix_padding_ms
-        if silence_duration_ms is not None:
-            _check_ms("silenceDurationMs", silence_duration_ms)
-            silence_ms = silence_duration_ms
-        return cls(
-            start_threshold=start_threshold,
-            end_threshold=end_threshold,
-            start_ms=start_ms,
-            silence_ms=silence_ms,
-        )
-
 
 _MAX_MS = 60_000
 
 
-def _check_ms(name: str, value: int) -> None:
+def check_ms(name: str, value: int) -> None:
+    """Durations in milliseconds, `name` as the caller knows the field."""
     if not 0 <= value <= _MAX_MS:
         raise InvalidArgument(f"{name} must be between 0 and {_MAX_MS} ms, got {value}.")
-
-
-def _sensitivity(value: str | None, kind: str, table: dict[str, Any]) -> str:
-    if value is None or value in _UNSPECIFIED:
-        return f"{kind}_SENSITIVITY_HIGH"
-    if value not in table:
-        choices = ", ".join(sorted(table))
-        raise InvalidArgument(f"Unknown {kind.lower()} sensitivity {value!r}; expected {choices}.")
-    return value
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 committed. A turn sees the session through a `TurnContext`, never the session itself.
 
 The per-turn usage (`UsageRecord` for the ledger, `LiveUsageMetadata` for the client) is shaped
-here, in `_usage_record` and `_live_usage`, and nowhere else.
+by `flashlive.usage`, the rule REST uses too.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from flashlive.protocol.content import (
 )
 from flashlive.protocol.generate import (
     GenerateContentRequest,
-    Modality,
-    ModalityTokenCount,
     UsageMetadata,
 )
 from flashlive.protocol.live import (
@@ -50,6 +48,7 @@ from flashlive.protocol.live import (
     ToolCall,
     Transcription,
 )
+from flashlive.usage import live_usage, tokens_by_modality
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +181,7 @@ class ModelTurn:
             key_hash=self.ctx.key_hash,
             model=config.model,
             method="live.turn",
-            input_tokens={str(d.modality): d.token_count for d in billed if d.token_count},
+            input_tokens=tokens_by_modality(billed, 0),
             output_tokens={out: output} if output else {},
             latency_s=time.monotonic() - self.started,
             status=499 if self.interrupted else 200,
@@ -190,7 +189,7 @@ class ModelTurn:
 
     def live_usage(self) -> LiveUsageMetadata:
         modality = self.ctx.config.modality
-        return _live_usage(self.usage, modality, self.views, self.ctx.image_tokens)
+        return live_usage(self.usage, modality, self.views, self.ctx.image_tokens)
 
     def cancel(self) -> None:
         for task in self.tasks:
@@ -351,29 +350,3 @@ def _model_parts(*parts: Part) -> Content:
 
 def _content(**fields: Any) -> ServerMessage:
     return ServerMessage(server_content=ServerContent(**fields))
-
-
-def _live_usage(
-    usage: UsageMetadata | None,
-    modality: ResponseModality,
-    views: tuple[int, int],
-    image_tokens: int,
-) -> LiveUsageMetadata:
-    """A turn's usage; the camera views in its prompt count as images, not as their text."""
-    engine_prompt = usage.prompt_token_count if usage else 0
-    response = (usage.candidates_token_count or 0) if usage else 0
-    out = Modality.AUDIO if modality is ResponseModality.AUDIO else Modality.TEXT
-    seen, seen_text = views
-    text = max(engine_prompt - seen_text, 0)
-    details = [ModalityTokenCount(modality=Modality.TEXT, token_count=text)]
-    if seen and usage is not None:
-        details.append(ModalityTokenCount(modality=Modality.IMAGE, token_count=seen * image_tokens))
-    prompt = sum(d.token_count for d in details)
-    return LiveUsageMetadata(
-        prompt_token_count=prompt,
-        cached_content_token_count=usage.cached_content_token_count if usage else None,
-        response_token_count=response,
-        total_token_count=prompt + response,
-        prompt_tokens_details=details,
-        response_tokens_details=[ModalityTokenCount(modality=out, token_count=response)],
-    )

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from flashlive.errors import FailedPrecondition, InvalidArgument
 from flashlive.generation.resolution import Resolution, resolution_of
 from flashlive.live.activity import vad_settings
@@ -409,7 +407,7 @@ class Conversation:
                 dropped_turns=int(state.get("droppedTurns", 0)),
                 count=count,
             )
-        except (KeyError, TypeError, AttributeError, ValidationError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
             raise ValueError(f"a saved session state is malformed: {exc}") from None
         return conversation
 
@@ -452,7 +450,7 @@ class SavedSession:
                 setup=Setup.model_validate(data["setup"]),
                 conversation=dict(data["conversation"]),
             )
-        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ValueError(f"a saved session state is malformed: {exc}") from None
 
 

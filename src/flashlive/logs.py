@@ -47,6 +47,11 @@ def serving(
             var.reset(token)
 
 
+def current_request() -> str | None:
+    """The id of the HTTP request being served, if any."""
+    return _request.get()
+
+
 def current_caller(default: str) -> str:
     """Who the work in hand is for: a fair queue's client id."""
     return _caller.get() or _session.get() or _request.get() or default

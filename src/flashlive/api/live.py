@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Message, Receive, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from flashlive import logs
 from flashlive.api.errors import close_code, close_reason
 from flashlive.api.keys import presented_key, presented_token
 from flashlive.auth import TokenRegistry
@@ -101,14 +102,15 @@ class LiveApi:
             key_hash=hash_key(presented_key(websocket.scope)),
             grant=grant,
         )
-        log.info(
-            "live session %s opened from %s%s",
-            session.id,
-            websocket.client,
-            " with an ephemeral token" if grant is not None else "",
-        )
-        await serve_session(session)
-        log.info("live session %s ended", session.id)
+        with logs.serving(session=session.id):  # every line of the session carries its id
+            log.info(
+                "live session %s opened from %s%s",
+                session.id,
+                websocket.client,
+                " with an ephemeral token" if grant is not None else "",
+            )
+            await serve_session(session)
+            log.info("live session %s ended", session.id)
 
 
 async def refuse(websocket: WebSocket, exc: FlashliveError) -> None:

@@ -36,6 +36,7 @@ from flashlive.engine.base import (
     common_prefix,
 )
 from flashlive.errors import InvalidArgument, ResourceExhausted
+from flashlive.logs import in_context
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ class LlamaCppEngine:
 
         with self._state_lock:
             self._waiting += 1
-        loop.run_in_executor(self._executor, self._run, list(prompt), params, cancel, emit, prefix)
+        loop.run_in_executor(
+            self._executor, in_context(self._run, list(prompt), params, cancel, emit, prefix)
+        )
         try:
             while True:
                 item = await queue.get()
@@ -219,6 +222,11 @@ class LlamaCppEngine:
                 if cancel.cancelled:
                     emit(TokenPiece("", None, FinishCause.CANCELLED))
                     return
+                log.debug(
+                    "decoding %d prompt tokens (%d restored from a saved state)",
+                    len(prompt),
+                    len(prefix.tokens) if prefix is not None else 0,
+                )
                 self._generate(prompt, params, cancel, emit, prefix)
             except BaseException as exc:  # reported to the awaiting coroutine, never lost
                 log.exception("generation failed")
@@ -295,7 +303,7 @@ class LlamaCppEngine:
         with self._state_lock:
             self._waiting += 1
         wanted = None if tokens is None else list(tokens)
-        return await loop.run_in_executor(self._executor, self._snapshot, wanted)
+        return await loop.run_in_executor(self._executor, in_context(self._snapshot, wanted))
 
     def _snapshot(self, tokens: list[int] | None) -> PrefixState:
         with self._started():
@@ -346,7 +354,9 @@ class LlamaCppEngine:
         loop = asyncio.get_running_loop()
         cancel = CancelToken()
         try:
-            return await loop.run_in_executor(self._executor, self._warm, list(prefix), cancel)
+            return await loop.run_in_executor(
+                self._executor, in_context(self._warm, list(prefix), cancel)
+            )
         finally:
             cancel.cancel()  # a caller that gave up stops the work at the next slice
 

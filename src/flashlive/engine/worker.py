@@ -12,6 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from flashlive.logs import in_context
+
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -48,4 +50,4 @@ def run_on_worker(fn: Callable[[], T], worker: ThreadPoolExecutor | None = None)
     """
     if on_worker():
         return fn()
-    return (worker or shared_worker()).submit(fn).result()
+    return (worker or shared_worker()).submit(in_context(fn)).result()  # its lines keep the ids

@@ -36,6 +36,7 @@ from flashlive.generation.prepared import (
 )
 from flashlive.generation.prompt import TOOL_CALL_OPEN
 from flashlive.generation.runner import run
+from flashlive.logs import current_request
 from flashlive.models import LoadedModel, ModelManager
 from flashlive.perception.audio import FloatArray
 from flashlive.perception.vision import Vision
@@ -241,7 +242,7 @@ class GenerationService:
         kept under that key for the conversation's next turn (a Live session's)."""
         prepared = await self.prepare(model, request, resolve_cache)
         prepared.state_key = state_key
-        response_id = secrets.token_urlsafe(12)
+        response_id = _response_id()
         outcome = Outcome()
         async for delta in self._run(prepared, outcome):
             yield _chunk(prepared, response_id, [Part(text=delta)])
@@ -289,7 +290,7 @@ class GenerationService:
                 on_first_token = None
         text = outcome.text
         parts = ([Part(text=text)] if text else []) + [Part(function_call=c) for c in outcome.calls]
-        response = _chunk(prepared, secrets.token_urlsafe(12), parts or [Part(text="")])
+        response = _chunk(prepared, _response_id(), parts or [Part(text="")])
         response.candidates[0].finish_reason = outcome.finish
         response.usage_metadata = self._usage(prepared, outcome)
         return response
@@ -308,3 +309,8 @@ def _chunk(prepared: Prepared, response_id: str, parts: list[Part]) -> GenerateC
         model_version=prepared.model.spec.id,
         response_id=response_id,
     )
+
+
+def _response_id() -> str:
+    """A REST answer's responseId is its request's id, the one its log lines carry."""
+    return current_request() or secrets.token_urlsafe(12)

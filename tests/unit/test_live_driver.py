@@ -71,7 +71,7 @@ class FakeTransport:
                 await self.got_message.wait()
 
 
-class FakeEngine:
+class WordCountingEngine:
     """Counts a token per word; holds `context_size` tokens."""
 
     def __init__(self, context_size: int = 4096) -> None:
@@ -85,7 +85,7 @@ class FakeModels:
     """One model, "m"; any name starting "gemini-" is an alias of it."""
 
     def __init__(self, context_size: int = 4096) -> None:
-        self.engine = FakeEngine(context_size)
+        self.engine = WordCountingEngine(context_size)
 
     async def get(self, model: str) -> object:
         if model != "m" and not model.startswith("gemini-"):
@@ -842,7 +842,7 @@ async def test_bad_json_in_frames_closes_1007_and_in_the_setup_1008() -> None:
     assert "surrogate" in transport.closed[1]
 
 
-class SlowCountingEngine(FakeEngine):
+class SlowCountingEngine(WordCountingEngine):
     """Tokenizing a long text blocks its thread, as llama.cpp's tokenizer does."""
 
     def count_tokens(self, text: str) -> int:

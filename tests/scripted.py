@@ -8,13 +8,13 @@ as a crashed decode would; and it notices a stream closed early (a cancelled gen
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from flashlive.engine import FinishCause, PrefixState, SamplingParams, TokenPiece, common_prefix
-from flashlive.engine.base import CancelToken, EngineInfo
+from flashlive.engine.base import CancelToken, EngineInfo, EngineStats, Priority
 from flashlive.engine.llamacpp import LlamaCppOptions
 from flashlive.generation.service import GenerationService
 from flashlive.models import BUILTIN_MODELS, LoadedModel, ModelManager
@@ -49,9 +49,31 @@ class FakeEngine:
     restored: list[PrefixState] = field(default_factory=list)  # states loaded by a stream
     cancelled: int = 0  # streams that ended before their script did
     closed: bool = False
-    cached_prefix: Sequence[int] = ()
+    held: Sequence[int] = ()  # the one sequence it keeps (`evict` drops it)
     queued: int = 0
     active: int = 0
+    priorities: list[Priority] = field(default_factory=list)  # of each stream, in order
+    keeper: Callable[[PrefixState], None] | None = None  # set by `retain`
+
+    @property
+    def stats(self) -> EngineStats:
+        return EngineStats(resident=int(bool(self.held)), kv_used=len(self.held))
+
+    def resident(self, tokens: Sequence[int]) -> int:
+        return common_prefix(self.held, tokens)
+
+    def retain(self, tokens: Sequence[int], on_evict: Callable[[PrefixState], None]) -> bool:
+        if common_prefix(self.held, tokens) < len(tokens) - 1:
+            return False
+        self.keeper = on_evict
+        return True
+
+    def evict(self) -> None:
+        """Another request took the sequence: its keeper, if any, gets the state first."""
+        keeper, self.keeper = self.keeper, None
+        if keeper is not None and self.held:
+            keeper(PrefixState(MODEL, tuple(self.held), b"state"))
+        self.held = ()
 
     @property
     def info(self) -> EngineInfo:
@@ -67,12 +89,14 @@ class FakeEngine:
         return self.grammars_parse
 
     def _prefill(self, tokens: Sequence[int], prefix: PrefixState | None = None) -> None:
-        held = common_prefix(self.cached_prefix, tokens)
+        held = common_prefix(self.held, tokens)
+        if held < len(self.held) - 16:
+            self.evict()  # another conversation's sequence
         if prefix is not None and common_prefix(prefix.tokens, tokens) > held:
             self.restored.append(prefix)
             held = common_prefix(prefix.tokens, tokens)
         self.prefilled.append(len(tokens) - held)
-        self.cached_prefix = tuple(tokens)
+        self.held = tuple(tokens)
 
     async def stream(
         self,
@@ -80,7 +104,9 @@ class FakeEngine:
         params: SamplingParams,
         cancel: CancelToken | None = None,
         prefix: PrefixState | None = None,
+        priority: Priority = Priority.STANDARD,
     ) -> AsyncGenerator[TokenPiece, None]:
+        self.priorities.append(priority)
         self.asked.append(Asked("".join(map(chr, prompt)), params, prefix))
         script = self.scripts[len(self.asked) - 1]
         if not isinstance(script, Script):
@@ -103,10 +129,9 @@ class FakeEngine:
         finally:
             self.cancelled += not finished
 
-    async def snapshot(self, tokens: Sequence[int] | None = None) -> PrefixState:
-        if tokens is not None:
-            self._prefill(tokens)
-        return PrefixState(MODEL, tuple(self.cached_prefix), b"state")
+    async def snapshot(self, tokens: Sequence[int]) -> PrefixState:
+        self._prefill(tokens)
+        return PrefixState(MODEL, tuple(self.held), b"state")
 
     async def warm(self, prefix: Sequence[int]) -> bool:
         self._prefill(prefix)

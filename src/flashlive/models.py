@@ -21,7 +21,7 @@ from typing import Literal
 
 from flashlive.aliases import ModelAlias
 from flashlive.engine.base import Engine
-from flashlive.engine.llamacpp import LlamaCppEngine, LlamaCppOptions
+from flashlive.engine.llamacpp import LlamaCppEngine, LlamaCppOptions, rounded_context
 from flashlive.engine.worker import shared_worker
 from flashlive.errors import NotFound, Unavailable
 from flashlive.protocol.base import model_id
@@ -183,14 +183,6 @@ def _stamp(target: Path, spec: ModelSpec) -> list[str]:
     return [str(spec.sha256), str(st.st_size), str(st.st_mtime_ns)]
 
 
-CONTEXT_STEP = 256
-
-
-def engine_context(requested: int) -> int:
-    """The context llama.cpp gives for `requested` tokens: it rounds up to a multiple of 256."""
-    return -(-requested // CONTEXT_STEP) * CONTEXT_STEP
-
-
 @dataclass
 class LoadedModel:
     spec: ModelSpec
@@ -236,7 +228,7 @@ class ModelManager:
         loaded = self._loaded.get(spec.id)
         if loaded is not None:
             return loaded.engine.info.context_size
-        return engine_context(self._options.context_size)
+        return rounded_context(self._options.context_size)
 
     def spec(self, model: str) -> ModelSpec:
         """The model a name stands for: its own id, else the first alias that matches it."""

@@ -57,8 +57,8 @@ def accepts(engine: LlamaCppEngine, grammar: str, text: str) -> bool:
     """Whether llama.cpp's grammar lets the model write exactly `text` and then stop."""
     import llama_cpp
 
-    llm: Any = engine._llm
-    sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode(), b"root")
+    llm: Any = engine.model
+    sampler = llama_cpp.llama_sampler_init_grammar(llm.vocab, grammar.encode(), b"root")
     assert sampler, "the grammar must parse"
     end = llm.token_eos()
     try:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import FAST_MODEL, Server, free_port, start_server, stop_server
 from google import genai
@@ -17,6 +18,13 @@ from redis_server import redis_server
 from flashlive.tls import ca_path
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def state_bytes_in(server: Server) -> float:
+    """The bytes of saved engine state the fast model has loaded back, from /metrics."""
+    text = httpx.get(f"{server.base_url}/metrics", headers={"x-goog-api-key": "test-key"}).text
+    wanted = f'flashlive_engine_state_bytes_in_total{{model="{FAST_MODEL}"}}'
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
 
 
 def client_for(server: Server, monkeypatch: pytest.MonkeyPatch) -> genai.Client:
@@ -240,6 +248,7 @@ async def test_alternating_sessions_each_keep_their_engine_state(
 ) -> None:
     client = client_for(server, monkeypatch)
     connect = client.aio.live.connect
+    loaded_before = state_bytes_in(server)
     async with (
         connect(model=FAST_MODEL, config=config()) as one,
         connect(model=FAST_MODEL, config=config()) as two,
@@ -259,3 +268,5 @@ async def test_alternating_sessions_each_keep_their_engine_state(
                     # not recomputed: only its newest words are new to the engine.
                     new = usage.prompt_token_count - (usage.cached_content_token_count or 0)
                     assert new <= 45, (round_, usage)
+    # Both sessions' sequences stayed resident in the engine: no state was loaded back.
+    assert state_bytes_in(server) == loaded_before

@@ -67,7 +67,7 @@ async def test_ids_on_every_line_of_a_request_and_a_session(
 
     decodes = [r for r in lines if r["message"].startswith("decoding ")]
     rest = [r for r in decodes if r.get("request_id") == answer.response_id]
-    assert len(rest) == 1 and rest[0]["logger"] == "flashlive.engine.llamacpp"
+    assert len(rest) == 1 and rest[0]["logger"] == "flashlive.engine.batch"
     opened = next(r for r in lines if r["message"].startswith("live session "))
     session_id = opened["session_id"]
     assert opened["message"].startswith(f"live session {session_id} opened")

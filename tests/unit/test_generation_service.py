@@ -12,7 +12,7 @@ from scripted import MODEL, FakeEngine, Script, models_over, service_over
 
 from flashlive.cache.kv import PrefixStore
 from flashlive.cache.prefix import IMPLICIT_MIN_TOKENS, PrefixAsk, StoredPrefixes, implicit_key
-from flashlive.engine import Engine, common_prefix
+from flashlive.engine import Engine, Priority, common_prefix
 from flashlive.errors import InvalidArgument
 from flashlive.generation.prompt import TOOL_CALL_OPEN
 from flashlive.generation.service import GenerationService
@@ -167,7 +167,7 @@ async def test_a_conversation_restores_its_own_state_on_its_next_turn(tmp_path: 
     async for _ in service.stream(MODEL, first, state_key="live:1"):
         pass
     assert engine.restored == []
-    engine.cached_prefix = ()  # another request ran in between
+    engine.evict()  # another request ran in between
     follow = first.model_copy(
         update={
             "contents": [
@@ -184,10 +184,27 @@ async def test_a_conversation_restores_its_own_state_on_its_next_turn(tmp_path: 
     assert final.usage_metadata.cached_content_token_count == shared
     assert engine.prefilled[-1] == len(engine.asked[1].prompt) - shared
     service.forget_state("live:1")
-    engine.cached_prefix = ()
+    engine.evict()
     async for _ in service.stream(MODEL, follow, state_key="live:1"):
         pass
     assert len(engine.restored) == 1  # forgotten: nothing to restore
+
+
+async def test_a_resident_conversation_is_reused_without_a_copy(tmp_path: Path) -> None:
+    engine = FakeEngine([["Paris."], ["Lyon."]])
+    service = service_over(tmp_path, engine)
+    first = request()
+    async for _ in service.stream(MODEL, first, state_key="live:2"):
+        pass
+    follow = first.model_copy(update={"contents": [*first.contents, *request("Spain?").contents]})
+    final = [c async for c in service.stream(MODEL, follow, state_key="live:2")][-1]
+    assert engine.restored == []  # nothing was loaded: the sequence was still held
+    assert engine.priorities == [Priority.LIVE, Priority.LIVE]
+    first_tokens, next_tokens = ([ord(c) for c in a.prompt] for a in engine.asked)
+    shared = common_prefix(first_tokens, next_tokens)
+    assert final.usage_metadata is not None
+    assert final.usage_metadata.cached_content_token_count == shared
+    assert engine.prefilled[-1] == len(next_tokens) - shared
 
 
 async def test_a_long_prompt_leaves_an_implicit_state_and_a_short_one_none() -> None:
@@ -201,9 +218,13 @@ async def test_a_long_prompt_leaves_an_implicit_state_and_a_short_one_none() -> 
     long = PrefixAsk(MODEL, [1] * IMPLICIT_MIN_TOKENS)
     await engine.warm(long.tokens)
     await policy.leave(engine, long)
+    assert store.get(implicit_key(long.tokens)) is None  # resident in the engine: no copy
+    longer = PrefixAsk(MODEL, [1] * (IMPLICIT_MIN_TOKENS + 5))
+    assert await policy.restore(engine, longer) == (None, IMPLICIT_MIN_TOKENS)
+    engine.evict()  # only now is the state copied out, into the store
     assert store.get(implicit_key(long.tokens)) is not None
-    found = await policy.restore(engine, PrefixAsk(MODEL, [1] * (IMPLICIT_MIN_TOKENS + 5)))
-    assert found is not None and found[1] == IMPLICIT_MIN_TOKENS
+    found = await policy.restore(engine, longer)
+    assert found is not None and found[0] is not None and found[1] == IMPLICIT_MIN_TOKENS
 
 
 async def test_a_state_left_by_another_request_is_not_kept() -> None:
@@ -212,6 +233,7 @@ async def test_a_state_left_by_another_request_is_not_kept() -> None:
     engine = FakeEngine()
     await engine.warm([2] * 20)  # what the engine holds is someone else's
     await policy.leave(engine, PrefixAsk(MODEL, [1] * 20, state_key="mine"))
+    engine.evict()
     assert store.get("mine") is None
 
 
@@ -224,3 +246,13 @@ async def test_a_cached_context_state_is_computed_once_and_reused() -> None:
     assert first is not None and first[1] == 40 and engine.prefilled == [40]
     again = await policy.restore(engine, ask)
     assert again is not None and again[0] is first[0] and engine.prefilled == [40]
+
+
+async def test_a_service_tier_is_the_engines_priority_class(tmp_path: Path) -> None:
+    engine = FakeEngine([["a"], ["b"], ["c"], ["d"]])
+    service = service_over(tmp_path, engine)
+    for tier in ("FLEX", "priority", "STANDARD"):
+        await service.generate(MODEL, request(serviceTier=tier))
+    await service.generate(MODEL, request())
+    expected = [Priority.FLEX, Priority.PRIORITY, Priority.STANDARD, Priority.STANDARD]
+    assert engine.priorities == expected

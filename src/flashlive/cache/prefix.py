@@ -39,12 +39,13 @@ class PrefixAsk:
 class PrefixPolicy(Protocol):
     async def restore(
         self, engine: Engine, ask: PrefixAsk, *, own_warming: bool = False
-    ) -> tuple[PrefixState, int] | None:
-        """The state to start from and how many prompt tokens it covers (None: none helps)."""
+    ) -> tuple[PrefixState | None, int] | None:
+        """The state to start from and how many prompt tokens it covers (None: none helps; a
+        None state: the engine holds those tokens already)."""
         ...
 
     async def leave(self, engine: Engine, ask: PrefixAsk) -> None:
-        """Keep what the engine holds after `ask`'s prompt, when a later prompt may want it."""
+        """Keep the engine's sequence for `ask`'s prompt, when a later prompt may want it."""
         ...
 
     def warm_soon(self, key: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -63,13 +64,18 @@ class StoredPrefixes:
         self._store = store
         # One task per cached context being computed: no more than the cache registry holds.
         self._warming: dict[str, asyncio.Task[None]] = {}
+        # Conversations whose sequences the engine keeps for them: one per open Live session.
+        self._kept: set[str] = set()
 
     async def restore(
         self, engine: Engine, ask: PrefixAsk, *, own_warming: bool = False
-    ) -> tuple[PrefixState, int] | None:
-        """The conversation's own state, the cached context's, or that of a recent prompt that
-        began the same way: whichever covers most."""
-        found: list[tuple[PrefixState, int]] = []
+    ) -> tuple[PrefixState | None, int] | None:
+        """What the engine holds already, the conversation's own state, the cached context's,
+        or that of a recent prompt that began the same way: whichever covers most."""
+        found: list[tuple[PrefixState | None, int]] = []
+        held = min(engine.resident(ask.tokens), len(ask.tokens) - 1)
+        if held > 0 and (ask.state_key is not None or held >= IMPLICIT_MIN_TOKENS):
+            found.append((None, held))  # first: of equal cover, no copy at all wins
         if ask.cached_key is not None and ask.cached_len > 0:
             found.append((await self._cached(engine, ask, own_warming), ask.cached_len))
         if ask.state_key is not None:
@@ -78,7 +84,7 @@ class StoredPrefixes:
                 shared = min(common_prefix(own.tokens, ask.tokens), len(ask.tokens) - 1)
                 if shared > 0:
                     found.append((own, shared))
-        if not found:
+        if not any(state is not None for state, _ in found):
             recent = self._store.best_match(ask.model, ask.tokens, minimum=IMPLICIT_MIN_TOKENS)
             if recent is not None:
                 found.append(recent)
@@ -98,17 +104,26 @@ class StoredPrefixes:
         return state
 
     async def leave(self, engine: Engine, ask: PrefixAsk) -> None:
-        """After a turn of a conversation that keeps its state, or any long prompt, save the
-        state: the next turn begins the same way, even if other requests run in between."""
-        if ask.state_key is None and len(ask.tokens) < IMPLICIT_MIN_TOKENS:
+        """After a turn of a conversation that keeps its state, or any long prompt, the engine
+        keeps its sequence resident; the state is copied out (into the store) only when the
+        engine evicts it to make room, so the next turn begins from it wherever it is."""
+        key = ask.state_key
+        if key is None and len(ask.tokens) < IMPLICIT_MIN_TOKENS:
             return
-        state = await engine.snapshot()
-        if common_prefix(state.tokens, ask.tokens) < len(ask.tokens) - 1:
-            return  # another request ran first: what is held now is not this conversation
-        if ask.state_key is not None:
-            await asyncio.to_thread(self._store.put, ask.state_key, state)
-        elif len(state.tokens) >= IMPLICIT_MIN_TOKENS:
-            await asyncio.to_thread(self._store.put, implicit_key(state.tokens), state)
+        if key is not None:
+            self._kept.add(key)
+        # False: another request took the sequence first.
+        engine.retain(ask.tokens, lambda state: self._keep(key, state))
+
+    def _keep(self, key: str | None, state: PrefixState) -> None:
+        """Store an evicted sequence's state. On the engine's thread, before the eviction
+        completes, so the next turn finds it (the store is thread-safe; a spill to disk
+        delays that one step)."""
+        if key is None:
+            if len(state.tokens) >= IMPLICIT_MIN_TOKENS:
+                self._store.put(implicit_key(state.tokens), state)
+        elif key in self._kept:  # not for a conversation that has ended meanwhile
+            self._store.put(key, state)
 
     def warm_soon(self, key: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         if key in self._warming:
@@ -125,6 +140,7 @@ class StoredPrefixes:
         self._warming[key] = asyncio.create_task(warm())
 
     def forget(self, key: str) -> None:
+        self._kept.discard(key)
         self._store.drop(key)
 
 

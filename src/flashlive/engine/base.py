@@ -7,9 +7,9 @@ An engine turns a token sequence into a stream of text pieces. Everything above 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Protocol
 
 
@@ -17,6 +17,35 @@ class FinishCause(Enum):
     END_OF_TURN = "end_of_turn"  # the model emitted an end-of-generation token
     LENGTH = "length"  # max_tokens or the context window was reached
     CANCELLED = "cancelled"
+
+
+class Priority(IntEnum):
+    """Who waits for a generation, most urgent first: the engine serves a lower value first."""
+
+    LIVE = 0  # a Live turn: a person is listening
+    PRIORITY = 1  # serviceTier PRIORITY
+    STANDARD = 2  # a REST request (serviceTier STANDARD, or none)
+    FLEX = 3  # serviceTier FLEX: cheaper, may wait
+    BACKGROUND = 4  # warming and other speculative work: yields to everything
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What /metrics reports of an engine's slots and steps (counters grow for its life)."""
+
+    slots: int = 1
+    slots_busy: int = 0
+    resident: int = 0  # sequences whose state the engine holds, busy or idle
+    kv_used: int = 0  # KV cells those sequences hold
+    kv_size: int = 0
+    steps: int = 0  # decode steps run
+    step_tokens: int = 0  # tokens those steps carried in all
+    step_sequences: int = 0  # sequences those steps carried in all (the batch sizes summed)
+    evicted: int = 0  # idle sequences evicted to make room
+    evicted_bytes: int = 0  # the states handed out as they were evicted
+    restored_bytes: int = 0  # saved states loaded back into the engine
+    # Per priority class name: (requests admitted, seconds they waited in all).
+    waits: tuple[tuple[str, int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,23 +134,38 @@ class Engine(Protocol):
         """Whether the engine parses `grammar`; one it does not must never reach `stream`."""
         ...
 
+    @property
+    def stats(self) -> EngineStats: ...
+
     def stream(
         self,
         prompt: Sequence[int],
         params: SamplingParams,
         cancel: CancelToken | None = None,
         prefix: PrefixState | None = None,
+        priority: Priority = Priority.STANDARD,
     ) -> AsyncGenerator[TokenPiece, None]:
         """Generate after `prompt`. Closing the iterator early cancels the generation.
 
         Implementations reuse whatever prefix of `prompt` they still hold state for,
         so a conversation that grows by appending pays only for the new tokens. A `prefix`
         state whose tokens begin `prompt` is restored first when it covers more than that.
+        Generations of a lower `priority` value are served first.
         """
         ...
 
-    async def snapshot(self, tokens: Sequence[int] | None = None) -> PrefixState:
-        """The state after `tokens` (computed now if need be), or of what is held right now."""
+    async def snapshot(self, tokens: Sequence[int]) -> PrefixState:
+        """The state after exactly `tokens`, computed now if need be."""
+        ...
+
+    def resident(self, tokens: Sequence[int]) -> int:
+        """How many leading tokens of `tokens` the engine holds state for right now."""
+        ...
+
+    def retain(self, tokens: Sequence[int], on_evict: Callable[[PrefixState], None]) -> bool:
+        """Keep the held sequence that begins with `tokens` and, should it be evicted to make
+        room, hand its state to `on_evict` first (called on the engine's thread). False when no
+        held sequence begins with them."""
         ...
 
     async def warm(self, prefix: Sequence[int]) -> bool:
@@ -130,11 +174,6 @@ class Engine(Protocol):
         Only when the engine is otherwise idle: warming never delays a real request. Returns
         whether it ran.
         """
-        ...
-
-    @property
-    def cached_prefix(self) -> Sequence[int]:
-        """Tokens whose state the engine holds right now (the prefix-reuse hook)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -1,26 +1,26 @@
-"""The embedded engine: llama.cpp through llama-cpp-python, one model per instance.
+"""The embedded engine: llama.cpp through llama-cpp-python, many sequences on one context.
 
-A `Llama` object is not thread-safe and holds one KV sequence, so every call that
-touches it runs on one worker thread. The thread's queue is FIFO, which makes
-concurrent requests take turns in arrival order; the event loop only awaits.
-The engines a `ModelManager` loads share one worker, the process's (`worker.py`), with the
-native vision model: each generation already uses every core, and two at once would only
-fight over them (llama.cpp's threads spin).
+One llama.cpp context holds up to `slots` sequences in one KV cache of `kv_tokens` cells. A
+scheduler thread admits waiting jobs to free sequences (most urgent first, fair between callers)
+and runs decode steps in which every running job advances together (`batch.py`). A sequence
+whose job ended stays resident, so a conversation's next turn, or a prompt sharing a long
+prefix, computes only what is new; the least recently used goes when room is needed, its state
+handed first to whoever retained it.
+
+llama.cpp calls are not thread-safe: every one runs on one worker thread (the process's, which
+the native vision model shares: a step already uses every core). The event loop only awaits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import contextlib
-import ctypes
 import logging
 import os
-import random
 import re
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,32 +29,68 @@ from flashlive.engine.backends import load as load_cpu_backend
 from flashlive.engine.base import (
     CancelToken,
     EngineInfo,
+    EngineStats,
     FinishCause,
     PrefixState,
+    Priority,
     SamplingParams,
     TokenPiece,
-    common_prefix,
 )
+from flashlive.engine.batch import Batcher
+from flashlive.engine.schedule import Job, Kind, Waiting
+from flashlive.engine.slots import Slots
 from flashlive.errors import InvalidArgument, ResourceExhausted
-from flashlive.logs import in_context
+from flashlive.logs import current_caller
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[TokenPiece | BaseException], None]
-# Warming is speculative: it runs in small slices so a real request never waits long behind it.
-WARM_SLICE = 4
+IDLE_WAIT_S = 0.01  # how long the scheduler waits when a tick could move nothing
+CONTEXT_STEP = 256  # llama.cpp rounds a context up to a multiple of this
 _PLAIN_TEXT_TOKEN = re.compile(r"\s+|</?[a-z][a-z0-9]*>")  # user-defined, but only formatting
+
+
+def rounded_context(requested: int) -> int:
+    return -(-requested // CONTEXT_STEP) * CONTEXT_STEP
 
 
 @dataclass(frozen=True)
 class LlamaCppOptions:
-    context_size: int = 8192
+    context_size: int = 8192  # the most one sequence (prompt and answer) may hold
     threads: int | None = None  # None: every core (llama.cpp alone would decode on half)
-    batch_size: int = 512
-    max_queued: int = 64  # generations waiting for the worker beyond this are refused (429)
-    # The prompt is evaluated in slices of this many tokens, checking for cancellation between
-    # them: a client that leaves during a long prefill frees the engine after one slice.
+    max_queued: int = 64  # generations waiting for a sequence beyond this are refused (429)
+    # Prompt tokens read per decode step, shared by the prompts being read: a client that leaves
+    # mid-prompt frees the engine after one step, and decoding streams wait at most one slice.
     prefill_slice: int = 128
+    slots: int = 8  # sequences decoded together
+    kv_tokens: int | None = None  # KV cells all sequences share; None: 4 x context_size
+
+    @property
+    def kv_size(self) -> int:
+        wanted = self.kv_tokens or 4 * self.context_size
+        return rounded_context(max(wanted, self.context_size))
+
+
+def _open_context(model: Any, options: LlamaCppOptions, *, solo: bool = False) -> Any:
+    """One llama.cpp context for `options.slots` sequences sharing `options.kv_size` cells;
+    `solo`: for one sequence of at most `context_size`, as a single-stream engine has it."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaContext
+
+    threads = options.threads or os.cpu_count() or 1
+    sequences = 1 if solo else options.slots
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = rounded_context(options.context_size) if solo else options.kv_size
+    # One step carries a prefill slice and a token for every sequence: one llama.cpp batch
+    # (its compute buffer grows with this size times the vocabulary).
+    params.n_batch = params.n_ubatch = options.prefill_slice + sequences
+    params.n_seq_max = sequences
+    params.kv_unified = True  # every sequence may use the whole cache, and share prefixes
+    params.n_threads = params.n_threads_batch = threads
+    # Flash attention skips the cells of other sequences instead of summing their zeros: a
+    # step's attention costs what its own sequences hold, not what the whole cache holds.
+    flash = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED if solo else flash
+    return LlamaContext(model=model, params=params, verbose=False)
 
 
 class LlamaCppEngine:
@@ -66,35 +102,54 @@ class LlamaCppEngine:
         options: LlamaCppOptions,
         worker: ThreadPoolExecutor | None = None,
     ) -> None:
-        from llama_cpp import Llama
+        import llama_cpp
+        from llama_cpp._internals import LlamaModel
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)  # llama.cpp's own lines: errors only
 
         backend = load_cpu_backend()
         log.info("llama.cpp CPU variant: %s (%s)", backend.variant.name, backend.chosen_by)
+        llama_cpp.llama_backend_init()
         self._options = options
-        threads = options.threads or os.cpu_count() or 1
-        self._llm: Any = Llama(
-            model_path=str(model_path),
-            n_ctx=options.context_size,
-            n_batch=options.batch_size,
-            n_threads=threads,
-            n_threads_batch=threads,
+        self.model: Any = LlamaModel(
+            path_model=str(model_path),
+            params=llama_cpp.llama_model_default_params(),
             verbose=False,
         )
-        metadata: dict[str, str] = self._llm.metadata
-        vocab = self._llm._model
+        self._context: Any = _open_context(self.model, options)
+        metadata: dict[str, str] = self.model.metadata()
         self._info = EngineInfo(
             name=name,
-            context_size=int(self._llm.n_ctx()),
+            context_size=rounded_context(options.context_size),
             chat_template=metadata.get("tokenizer.chat_template"),
-            bos_token=self._token_text(vocab.token_bos()),
-            eos_token=self._token_text(vocab.token_eos()),
+            bos_token=self._token_text(self.model.token_bos()),
+            eos_token=self._token_text(self.model.token_eos()),
             control_tokens=self._control_tokens(),
         )
+        self._slots = Slots(options.slots, int(llama_cpp.llama_n_ctx(self._context.ctx)))
+        self._batcher = Batcher(
+            self.model,
+            self._context.ctx,
+            self._slots,
+            name=name,
+            prefill_budget=options.prefill_slice,
+        )
+        self._solo: Batcher | None = None  # seeded generations (`_batcher_for`)
+        self._solo_context: Any = None
         self._owns_worker = worker is None
         self._executor = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        self._waiting = 0
-        self._active = 0
-        self._state_lock = threading.Lock()
+        self._waiting = Waiting()
+        self._waits: dict[Priority, tuple[int, float]] = {}
+        self._lock = threading.Condition()
+        self._steps = 0
+        self._stopping = False
+        self._scheduler = threading.Thread(
+            target=self._schedule, name=f"llama-schedule-{name}", daemon=True
+        )
+        self._scheduler.start()
+
+    # -- what the engine is -----------------------------------------------------------------
 
     @property
     def info(self) -> EngineInfo:
@@ -102,20 +157,38 @@ class LlamaCppEngine:
 
     @property
     def queued(self) -> int:
-        return self._waiting
+        return len(self._waiting)
 
     @property
     def active(self) -> int:
-        return self._active
+        return sum(len(batcher.running) for batcher in self._batchers())
 
     @property
-    def cached_prefix(self) -> Sequence[int]:
-        return list(self._llm._input_ids)
+    def stats(self) -> EngineStats:
+        c = self._batcher.counters
+        waits = tuple(
+            (priority.name, count, seconds)
+            for priority, (count, seconds) in sorted(self._waits.items())
+        )
+        return EngineStats(
+            slots=len(self._slots.all),
+            slots_busy=self._slots.busy,
+            resident=self._slots.resident,
+            kv_used=self._slots.used,
+            kv_size=self._slots.kv_size,
+            steps=c.steps,
+            step_tokens=c.step_tokens,
+            step_sequences=c.step_sequences,
+            evicted=c.evicted,
+            evicted_bytes=c.evicted_bytes,
+            restored_bytes=c.restored_bytes,
+            waits=waits,
+        )
 
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        piece: bytes = self._llm.detokenize([token], special=True)
+        piece: bytes = self.model.detokenize([token], special=True)
         return piece.decode("utf-8", errors="replace")
 
     def _control_tokens(self) -> frozenset[str]:
@@ -125,7 +198,7 @@ class LlamaCppEngine:
         runs of whitespace and HTML tags some vocabularies also define, which are just text."""
         import llama_cpp
 
-        vocab = self._llm._model.vocab
+        vocab = self.model.vocab
         control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
         user_defined = llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         texts = set()
@@ -138,12 +211,16 @@ class LlamaCppEngine:
         return frozenset(texts)
 
     def tokenize(self, text: str) -> list[int]:
-        tokens: list[int] = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        tokens: list[int] = self.model.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         # Chat templates often write the BOS token themselves; never feed it twice.
-        bos = self._llm.token_bos()
+        bos = self.model.token_bos()
         if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
             tokens = tokens[1:]
         return tokens
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        text: bytes = self.model.detokenize(list(tokens), special=special)
+        return text.decode("utf-8", errors="replace")
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
@@ -152,15 +229,47 @@ class LlamaCppEngine:
         """Parse `grammar` as the sampler will. llama.cpp answers a grammar it cannot parse
         with NULL, and a sampler chain given that NULL dereferences it: the process dies. So
         every grammar is parsed here first, on its own, and only one that parses is used.
-        Reads only the vocabulary: safe beside a generation on the worker thread."""
+        Reads only the vocabulary: safe beside a step on the worker thread."""
         import llama_cpp
 
-        vocab = self._llm._model.vocab
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        sampler = llama_cpp.llama_sampler_init_grammar(self.model.vocab, grammar.encode(), b"root")
         if not sampler:
             return False
         llama_cpp.llama_sampler_free(sampler)
         return True
+
+    def resident(self, tokens: Sequence[int]) -> int:
+        return self._slots.longest(tokens)[1]
+
+    def retain(self, tokens: Sequence[int], on_evict: Callable[[PrefixState], None]) -> bool:
+        # Races a step that seats a new job in that sequence at this moment: the keeper may then
+        # get another prompt's state. Harmless: a state carries its tokens, and is restored only
+        # into a prompt that begins with them.
+        with self._lock:
+            slot, shared = self._slots.longest(tokens)
+            if slot is None or slot.busy or shared < len(tokens) - 1:
+                return False
+            slot.on_evict = on_evict
+            return True
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _submit(self, job: Job) -> None:
+        with self._lock:
+            if self._stopping:
+                raise ResourceExhausted(f"model {self._info.name} is shutting down")
+            if len(self._waiting) >= self._options.max_queued:
+                raise ResourceExhausted(
+                    f"model {self._info.name} has {len(self._waiting)} requests waiting; "
+                    "retry shortly",
+                    retry_after_s=1.0,
+                )
+            self._waiting.push(job)
+            self._lock.notify_all()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
 
     async def stream(
         self,
@@ -168,23 +277,18 @@ class LlamaCppEngine:
         params: SamplingParams,
         cancel: CancelToken | None = None,
         prefix: PrefixState | None = None,
+        priority: Priority = Priority.STANDARD,
     ) -> AsyncGenerator[TokenPiece, None]:
         if len(prompt) >= self._info.context_size:
             raise InvalidArgument(
                 f"the prompt has {len(prompt)} tokens; model {self._info.name} takes at most "
                 f"{self._info.context_size - 1}"
             )
-        if self._waiting >= self._options.max_queued:
-            raise ResourceExhausted(
-                f"model {self._info.name} has {self._waiting} requests waiting; retry shortly",
-                retry_after_s=1.0,
-            )
         cancel = cancel or CancelToken()
         loop = asyncio.get_running_loop()
-        # Not given a maxsize, yet bounded: the worker puts at most one piece per token it
-        # decodes (at most `params.max_tokens`, and never past the context) plus one final
-        # piece or error. A maxsize would have to block the worker thread, and with it every
-        # engine of the process, on one slow reader.
+        # Not given a maxsize, yet bounded: a step puts at most one piece per token it samples
+        # for this job (at most `params.max_tokens`, never past the context) and one final
+        # piece or error. A maxsize would have to block the step, and every stream in it.
         queue: asyncio.Queue[TokenPiece | BaseException] = asyncio.Queue()
 
         def emit(item: TokenPiece | BaseException) -> None:
@@ -193,11 +297,19 @@ class LlamaCppEngine:
             except RuntimeError:  # the loop has closed: nobody is listening any more
                 cancel.cancel()
 
-        with self._state_lock:
-            self._waiting += 1
-        loop.run_in_executor(
-            self._executor, in_context(self._run, list(prompt), params, cancel, emit, prefix)
+        job = Job(
+            Kind.GENERATE,
+            list(prompt),
+            priority,
+            current_caller("anonymous"),
+            cancel,
+            params=params,
+            emit=emit,
+            prefix=prefix,
+            budget=min(params.max_tokens, self._info.context_size - len(prompt)),
+            fresh=params.seed is not None,
         )
+        self._submit(job)
         try:
             while True:
                 item = await queue.get()
@@ -208,191 +320,150 @@ class LlamaCppEngine:
                     return
         finally:
             cancel.cancel()
+            self._wake()  # its sequence is free at the next step
 
-    def _run(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        cancel: CancelToken,
-        emit: Emit,
-        prefix: PrefixState | None,
-    ) -> None:
-        with self._started():
-            try:
-                if cancel.cancelled:
-                    emit(TokenPiece("", None, FinishCause.CANCELLED))
-                    return
-                log.debug(
-                    "decoding %d prompt tokens (%d restored from a saved state)",
-                    len(prompt),
-                    len(prefix.tokens) if prefix is not None else 0,
-                )
-                self._generate(prompt, params, cancel, emit, prefix)
-            except BaseException as exc:  # reported to the awaiting coroutine, never lost
-                log.exception("generation failed")
-                emit(exc)
-
-    @contextlib.contextmanager
-    def _started(self) -> Iterator[None]:
-        """A job left the queue and runs on the worker: the counters /metrics reports."""
-        with self._state_lock:
-            self._waiting -= 1
-            self._active += 1
+    async def _run_job(self, kind: Kind, tokens: Sequence[int], priority: Priority) -> Any:
+        done: Future[Any] = Future()
+        cancel = CancelToken()
+        job = Job(kind, list(tokens), priority, current_caller("anonymous"), cancel, done=done)
+        self._submit(job)
         try:
-            yield
+            return await asyncio.wrap_future(done)
         finally:
-            with self._state_lock:
-                self._active -= 1
+            cancel.cancel()  # a caller that gave up stops the work at the next step
+            self._wake()
 
-    def _generate(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        cancel: CancelToken,
-        emit: Emit,
-        prefix: PrefixState | None,
-    ) -> None:
-        import llama_cpp
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        llm = self._llm
-        budget = min(params.max_tokens, self._info.context_size - len(prompt))
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
-        llm.set_seed(seed & 0xFFFFFFFF)
-        if params.seed is not None:
-            # A reused prefix is evaluated in different batch shapes than a cold prompt, which
-            # moves logits by rounding error; a seeded request must replay exactly, so it
-            # starts cold.
-            llm.reset()
-        if prefix is not None:
-            self._restore(prefix, prompt, force=params.seed is not None)
-        grammar = LlamaGrammar.from_string(params.grammar) if params.grammar else None
-        if not self._prefill(prompt[:-1], cancel):
-            emit(TokenPiece("", None, FinishCause.CANCELLED))
-            return
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        vocab = llm._model.vocab
-        finish = FinishCause.LENGTH
-        produced = 0
-        if budget > 0:
-            for token in llm.generate(
-                prompt,
-                top_k=params.top_k,
-                top_p=params.top_p,
-                min_p=0.0,
-                temp=params.temperature,
-                repeat_penalty=1.0,
-                presence_penalty=params.presence_penalty,
-                frequency_penalty=params.frequency_penalty,
-                grammar=grammar,
-            ):
-                if cancel.cancelled:
-                    finish = FinishCause.CANCELLED
-                    break
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = FinishCause.END_OF_TURN
-                    break
-                produced += 1
-                emit(TokenPiece(decoder.decode(llm.detokenize([token])), token))
-                if produced >= budget:
-                    break
-        emit(TokenPiece(decoder.decode(b"", final=True), None, finish))
-
-    async def snapshot(self, tokens: Sequence[int] | None = None) -> PrefixState:
-        loop = asyncio.get_running_loop()
-        with self._state_lock:
-            self._waiting += 1
-        wanted = None if tokens is None else list(tokens)
-        return await loop.run_in_executor(self._executor, in_context(self._snapshot, wanted))
-
-    def _snapshot(self, tokens: list[int] | None) -> PrefixState:
-        with self._started():
-            if tokens is not None:
-                self._prefill(tokens, CancelToken())
-            return self._save()
-
-    def _save(self) -> PrefixState:
-        import llama_cpp
-
-        ctx = self._llm._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-        buffer = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
-        held = tuple(int(t) for t in self._llm._input_ids)
-        # One copy out of the C buffer: a state is tens of MB, saved after every Live turn.
-        return PrefixState(self._info.name, held, ctypes.string_at(buffer, written))
-
-    def _restore(self, state: PrefixState, prompt: list[int], *, force: bool) -> None:
-        """Load `state` when it shares more of `prompt` than what is held (always if `force`).
-
-        The state may run past the prompt (a saved conversation that then went elsewhere):
-        prefill cuts what does not match right after.
-        """
-        import llama_cpp
-
-        shared = common_prefix(state.tokens, prompt)
-        if state.model != self._info.name or shared == 0:
-            return
-        if not force and common_prefix(self._llm._input_ids, prompt) >= shared:
-            return
-        llm = self._llm
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm._ctx.ctx), True)
-        buffer = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
-        if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buffer, len(state.data), 0) == 0:
-            log.warning("a saved prefix state did not load; computing the prompt instead")
-            llm.reset()
-            return
-        n = len(state.tokens)
-        llm.input_ids[:n] = state.tokens
-        llm.n_tokens = n
+    async def snapshot(self, tokens: Sequence[int]) -> PrefixState:
+        state: PrefixState = await self._run_job(Kind.SNAPSHOT, tokens, Priority.STANDARD)
+        return state
 
     async def warm(self, prefix: Sequence[int]) -> bool:
-        with self._state_lock:
-            if self._waiting or self._active or len(prefix) >= self._info.context_size:
+        """Compute `prefix` while nothing else runs; gives way at the next step to any other
+        job (returns False then, keeping what it computed)."""
+        if len(prefix) >= self._info.context_size:
+            return False
+        with self._lock:
+            if len(self._waiting) or self.active:
                 return False
-            self._waiting += 1
-        loop = asyncio.get_running_loop()
-        cancel = CancelToken()
-        try:
-            return await loop.run_in_executor(
-                self._executor, in_context(self._warm, list(prefix), cancel)
+        done: bool = await self._run_job(Kind.WARM, prefix, Priority.BACKGROUND)
+        return done
+
+    # -- the scheduler ----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not len(self._waiting) and not self.active:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                worked = self._executor.submit(self._tick).result()
+            except Exception:
+                log.exception("the engine's scheduler failed a step")
+                worked = False
+            if not worked:  # nothing could move (all waiting for room): no busy loop
+                with self._lock:
+                    self._lock.wait(IDLE_WAIT_S)
+
+    def _tick(self) -> bool:
+        """One step, on the worker: admit what fits, advance every running job. Returns whether
+        anything moved."""
+        self._steps += 1
+        with self._lock:
+            candidates = self._waiting.ordered()
+            urgent = self._waiting.urgent()
+        for batcher in self._batchers():
+            batcher.free(self._steps, urgent_waiting=urgent)
+        admitted = self._admit(candidates)
+        with self._lock:
+            now = time.monotonic()
+            for job in admitted:
+                self._waiting.take(job)
+                count, seconds = self._waits.get(job.priority, (0, 0.0))
+                self._waits[job.priority] = (count + 1, seconds + now - job.enqueued)
+        moved = bool(admitted)
+        for batcher in self._batchers():
+            steps = batcher.counters.steps
+            try:
+                preempted = batcher.step(self._steps)
+            except Exception as exc:
+                log.exception("a decode step failed")
+                batcher.fail(exc, self._steps)
+                moved = True
+                continue
+            if preempted:
+                with self._lock:
+                    for job in preempted:
+                        job.enqueued = time.monotonic()
+                        self._waiting.requeue(job)
+            moved = moved or bool(preempted) or batcher.counters.steps > steps
+        return moved
+
+    def _admit(self, candidates: list[Job]) -> list[Job]:
+        """Seat waiting jobs, most urgent first, until their batcher has no room left (a seeded
+        job waiting for the solo sequence does not hold back the others)."""
+        admitted: list[Job] = []
+        full: set[int] = set()
+        for job in candidates:
+            batcher = self._batcher_for(job)
+            if job.cancel.cancelled:
+                admitted.append(job)
+                batcher.drop(job, self._steps)
+                continue
+            if id(batcher) in full:
+                continue
+            try:
+                if not batcher.admit(job):
+                    full.add(id(batcher))
+                    continue
+            except Exception as exc:  # this job's failure, not the engine's: it alone ends
+                log.exception("admitting a generation failed")
+                batcher.fail_one(job, exc, self._steps)
+            admitted.append(job)
+        return admitted
+
+    def _batchers(self) -> list[Batcher]:
+        return [self._batcher] if self._solo is None else [self._batcher, self._solo]
+
+    def _batcher_for(self, job: Job) -> Batcher:
+        """A seeded generation runs alone on a context of its own, one at a time, so it
+        replays exactly whatever else runs: in a batch its rows would be summed in another
+        order, and the shared cache's size changes how attention is split."""
+        if not job.fresh:
+            return self._batcher
+        if self._solo is None:  # on first use: most servers never see a seed
+            context = _open_context(self.model, self._options, solo=True)
+            self._solo_context = context
+            self._solo = Batcher(
+                self.model,
+                context.ctx,
+                Slots(1, self._info.context_size),
+                name=self._info.name,
+                prefill_budget=self._options.prefill_slice,
             )
-        finally:
-            cancel.cancel()  # a caller that gave up stops the work at the next slice
-
-    def _warm(self, prefix: list[int], cancel: CancelToken) -> bool:
-        with self._started():
-            return self._prefill(prefix, cancel, step=WARM_SLICE, preemptible=True)
-
-    def _prefill(
-        self,
-        tokens: list[int],
-        cancel: CancelToken,
-        step: int | None = None,
-        *,
-        preemptible: bool = False,
-    ) -> bool:
-        """Bring the KV state up to `tokens`; False when cancelled.
-
-        Whatever prefix the state already holds is kept. Generation prefills all but the last
-        prompt token: `Llama.generate` then finds them cached and evaluates just that one
-        before sampling.
-        """
-        llm = self._llm
-        reuse = common_prefix(llm._input_ids, tokens)
-        if reuse < llm.n_tokens:
-            if not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
-                llm.reset()
-                reuse = 0
-            llm.n_tokens = reuse
-        step = step or self._options.prefill_slice
-        for start in range(reuse, len(tokens), step):
-            if cancel.cancelled or (preemptible and self._waiting):
-                return False  # warming gives way to real work; what it computed is kept
-            llm.eval(tokens[start : start + step])
-        return not cancel.cancelled
+        return self._solo
 
     async def aclose(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._llm.close)
+        with self._lock:
+            self._stopping = True
+            waiting = self._waiting.drain()
+            self._lock.notify_all()
+        await asyncio.to_thread(self._scheduler.join)
+        for job in waiting:
+            if job.emit is not None:
+                job.emit(TokenPiece("", None, FinishCause.CANCELLED))
+            elif job.done is not None and not job.done.done():
+                job.done.set_result(False)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close)
         if self._owns_worker:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _close(self) -> None:
+        for batcher in self._batchers():
+            batcher.close()
+        if self._solo_context is not None:
+            self._solo_context.close()
+        self._context.close()
+        self.model.close()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashlive.cache.prefix import PrefixAsk
-from flashlive.engine import SamplingParams
+from flashlive.engine import Priority, SamplingParams
 from flashlive.errors import InvalidArgument
 from flashlive.generation.prompt import ToolSpec
 from flashlive.models import LoadedModel, ModelSpec
@@ -34,6 +34,7 @@ class Prepared:
     prefix_key: str | None = None  # the cachedContent whose state this prompt begins with
     prefix_len: int = 0
     state_key: str | None = None  # a conversation that keeps its own state between turns
+    priority: Priority = Priority.STANDARD  # the engine serves lower values first
     media: MediaUse = field(default_factory=MediaUse)  # images, video, audio in the prompt
 
     def prompt_details(self, rates: MediaTokens) -> list[ModalityTokenCount]:

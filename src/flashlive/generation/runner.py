@@ -35,7 +35,9 @@ async def run(prepared: Prepared, outcome: Outcome, prefixes: PrefixPolicy) -> A
     prefix = None
     if found is not None:
         prefix, outcome.cached = found
-    stream = engine.stream(prepared.tokens, prepared.params, prefix=prefix)
+    stream = engine.stream(
+        prepared.tokens, prepared.params, prefix=prefix, priority=prepared.priority
+    )
     try:
         async for piece in stream:
             if piece.token_id is not None:
@@ -101,7 +103,7 @@ async def decode_call(prepared: Prepared, outcome: Outcome) -> tuple[str, Finish
         return "", FinishCause.LENGTH
     params = replace(prepared.params, max_tokens=budget, grammar=prepared.call_grammar)
     raw, cause = TOOL_CALL_OPEN, FinishCause.LENGTH
-    stream = engine.stream(tokens, params)
+    stream = engine.stream(tokens, params, priority=prepared.priority)
     try:
         async for piece in stream:
             outcome.generated += piece.token_id is not None

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from flashlive.cache.kv import PrefixStore
 from flashlive.cache.prefix import PrefixPolicy, StoredPrefixes
-from flashlive.engine import common_prefix
+from flashlive.engine import Priority
 from flashlive.errors import FlashliveError, InvalidArgument
 from flashlive.generation.cached import (
     CachedPrefix,
@@ -48,9 +48,16 @@ from flashlive.protocol.generate import (
     GenerateContentRequest,
     GenerateContentResponse,
     GenerationConfig,
+    ServiceTier,
     UsageMetadata,
 )
 from flashlive.usage import MediaTokens, usage_metadata
+
+_TIERS = {
+    ServiceTier.PRIORITY: Priority.PRIORITY,
+    ServiceTier.STANDARD: Priority.STANDARD,
+    ServiceTier.FLEX: Priority.FLEX,
+}
 
 __all__ = [
     "CacheResolver",
@@ -148,6 +155,9 @@ class GenerationService:
             prepared.prefix_len = await cached_length(
                 loaded, formatter, guard, cached, tools, prepared.tokens
             )
+        prepared.priority = _TIERS.get(
+            request.service_tier or ServiceTier.STANDARD, Priority.STANDARD
+        )
         return prepared
 
     async def _assemble(
@@ -242,6 +252,8 @@ class GenerationService:
         kept under that key for the conversation's next turn (a Live session's)."""
         prepared = await self.prepare(model, request, resolve_cache)
         prepared.state_key = state_key
+        if state_key is not None:
+            prepared.priority = Priority.LIVE  # a conversation's turn: somebody is listening
         response_id = _response_id()
         outcome = Outcome()
         async for delta in self._run(prepared, outcome):
@@ -268,7 +280,7 @@ class GenerationService:
         prepared.state_key = state_key
         engine = prepared.model.engine
         found = await self._prefixes.restore(engine, prepared.prefix_ask)
-        if found is not None and found[1] > common_prefix(engine.cached_prefix, prepared.tokens):
+        if found is not None and found[1] > engine.resident(prepared.tokens):
             return False  # restoring that state is the real request's job, and cheap
         done = await engine.warm(prepared.tokens)
         if done and state_key is not None:

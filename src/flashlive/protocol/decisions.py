@@ -77,8 +77,8 @@ DECISIONS: dict[str, Decision] = {
     "GenerateContentRequest.labels": noop(
         "metadata for billing reports; it changes no answer, and the usage ledger keeps no labels"
     ),
-    "GenerateContentRequest.service_tier": noop(
-        "one tier: every request is served in arrival order, whatever tier it asks for"
+    "GenerateContentRequest.service_tier": acted(
+        "the engine's priority class: PRIORITY before STANDARD before FLEX (Live turns first)"
     ),
     "GenerateContentRequest.store": refused(
         "store: true asks for the request to be logged; this server keeps no request content",

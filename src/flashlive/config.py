@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     output_token_limit: int = Field(default=4096, ge=1)
     threads: int | None = Field(default=None, ge=1)
     max_queued: int = Field(default=64, ge=1)
+    slots: int = Field(default=8, ge=1, le=64)  # sequences the engine decodes together
+    kv_tokens: int | None = Field(default=None, ge=256)  # their shared KV cache; 4 x context
+    prefill_slice: int = Field(default=128, ge=8, le=4096)  # prompt tokens read per step
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     live_max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     live_send_timeout_s: float = Field(default=10.0, gt=0)  # a Live client that stops reading

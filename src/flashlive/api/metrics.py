@@ -7,10 +7,11 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flashlive.engine import EngineStats
 from flashlive.models import ModelManager
 from flashlive.protocol.base import model_id
 
@@ -62,6 +63,52 @@ class _EngineCollector(Collector):
             queued.add_metric([spec.id], model.engine.queued if model else 0)
             loaded.add_metric([spec.id], 1 if model else 0)
         yield from (active, queued, loaded)
+        yield from _batching({m: loaded.engine.stats for m, loaded in current.items()})
+
+
+_ENGINE_GAUGES = (
+    ("flashlive_engine_slots", "Sequences the engine decodes together", "slots"),
+    ("flashlive_engine_slots_busy", "Sequences running a job", "slots_busy"),
+    ("flashlive_engine_sequences_resident", "Sequences held in the KV cache", "resident"),
+    ("flashlive_engine_kv_cells_used", "KV cells the sequences hold", "kv_used"),
+)
+_ENGINE_COUNTERS = (
+    ("flashlive_engine_steps", "Decode steps", "steps"),
+    ("flashlive_engine_step_sequences", "Sequences the steps carried (/ steps: mean batch size)",
+     "step_sequences"),
+    ("flashlive_engine_step_tokens", "Tokens the steps carried", "step_tokens"),
+    ("flashlive_engine_evicted", "Idle sequences evicted to make room", "evicted"),
+    ("flashlive_engine_state_bytes_out", "Bytes of state copied out on eviction",
+     "evicted_bytes"),
+    ("flashlive_engine_state_bytes_in", "Bytes of saved state loaded back", "restored_bytes"),
+)  # fmt: skip
+
+
+def _batching(stats: dict[str, EngineStats]) -> Iterator[Metric]:
+    """The engine's slots and steps: how full, how batched, how long each class waits."""
+    for name, text, field in _ENGINE_GAUGES:
+        gauge = GaugeMetricFamily(name, text, labels=["model"])
+        for model, s in stats.items():
+            gauge.add_metric([model], getattr(s, field))
+        yield gauge
+    for name, text, field in _ENGINE_COUNTERS:
+        counter = CounterMetricFamily(name, text, labels=["model"])
+        for model, s in stats.items():
+            counter.add_metric([model], getattr(s, field))
+        yield counter
+    admitted = CounterMetricFamily(
+        "flashlive_engine_admitted", "Jobs given a sequence, by class", labels=["model", "class"]
+    )
+    waited = CounterMetricFamily(
+        "flashlive_engine_queue_wait_seconds",
+        "Time jobs waited for a sequence, by class (/ admitted: the mean wait)",
+        labels=["model", "class"],
+    )
+    for model, s in stats.items():
+        for name, count, seconds in s.waits:
+            admitted.add_metric([model, name.lower()], count)
+            waited.add_metric([model, name.lower()], seconds)
+    yield from (admitted, waited)
 
 
 OTHER_MODEL = "other"  # the label of a model this server does not serve

@@ -243,6 +243,9 @@ def model_manager(settings: Settings, specs: list[ModelSpec]) -> ModelManager:
         context_size=settings.context_size,
         threads=settings.threads,
         max_queued=settings.max_queued,
+        slots=settings.slots,
+        kv_tokens=settings.kv_tokens,
+        prefill_slice=settings.prefill_slice,
     )
     aliases = _started(parse_aliases, [settings.model_alias or ""])
     return _started(

@@ -18,7 +18,7 @@ Measured from the last voiced sample of each question (after it 1.5 s of silence
   question, so no turn has to wait out the playback of the previous answer);
 - barge-in: from the *first* voiced sample of "Stop, please stop." spoken over a long spoken story
   to `serverContent.interrupted` (a fresh session per try);
-- concurrency: k = 1, 2, 4, 6, 8, 10 sessions at once (quick: 1, 2, 4, 8), each speaking two
+- concurrency: k = 1, 2, 4, 6, 8, 10, 12, 16 sessions at once (quick: 1, 2, 4, 8), each speaking two
   questions (TEXT out, 30 tokens). A level keeps up when every turn's inputTranscription arrives
   within 1.5 s and its turnComplete within 10 s of its end of speech; the ramp stops at the first
   level that falls behind, and the largest level that kept up is reported.
@@ -56,7 +56,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from benchmarks.server import BenchServer, flashlive_server
+from benchmarks.server import BenchServer, flashlive_server, memory
 from flashlive.config import Settings
 from flashlive.models import BUILTIN_MODELS, DEFAULT_MODEL
 
@@ -82,7 +82,7 @@ INTERRUPT_WAIT_S = 5.0  # after the stop utterance ends, for `interrupted`
 # Concurrency criterion: a level keeps up when every turn of every session meets both.
 TRANSCRIPT_LIMIT_S = 1.5  # inputTranscription within this of the end of speech
 COMPLETE_LIMIT_S = 10.0  # turnComplete within this of the end of speech
-LEVELS = (1, 2, 4, 6, 8, 10)
+LEVELS = (1, 2, 4, 6, 8, 10, 12, 16)
 QUICK_LEVELS = (1, 2, 4, 8)
 TURNS_PER_SESSION = 2
 
@@ -738,7 +738,7 @@ async def run(args: argparse.Namespace, server: BenchServer, utterances: list[Ut
             str(k), f"{sum(keeps_up(t) for t in turns)}/{len(turns)}",
             fmt_s(pct(heard, 50)) if heard else "-", fmt_s(max(heard, default=math.nan)),
             fmt_s(pct(done, 50)) if done else "-", fmt_s(max(done, default=math.nan)),
-            "yes" if ok else "NO",
+            "yes" if ok else "NO", f"{memory(server.pid)[0] / 2**20:.0f}",
         ))  # fmt: skip
         bench.say(f"  k={k}: {'keeps up' if ok else 'falls behind'} "
                   f"({level_rows[-1][1]} turns within limits)")  # fmt: skip
@@ -767,7 +767,7 @@ async def run(args: argparse.Namespace, server: BenchServer, utterances: list[Ut
     print()
     print("concurrency levels (seconds from end of speech):")
     print(table(level_rows, ("k", "turns ok", "asr p50", "asr max", "done p50", "done max",
-                             "keeps up")))  # fmt: skip
+                             "keeps up", "server RSS MB")))  # fmt: skip
     print(f"criterion: {criterion}")
     print()
     print(f"model {args.model}; seconds from the last voiced sample (barge-in: from the first "

@@ -7,7 +7,11 @@ fed the exact tokens and sampling parameters `GenerationService.prepare` gives t
 Every measured prompt starts with a fresh nonce, so no run reuses another's KV cache beyond the
 fixed chat-template preamble.
 
+Then N streams at once through the same server (`concurrency.py`): aggregate and per-stream
+decode, and a short prompt's TTFT beside N - 1 decoding streams, each against one stream alone.
+
     .venv/bin/python -m benchmarks.rest [--model ID] [--repeats N] [--max-tokens N]
+                                        [--streams N] [--concurrency-only]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from google import genai
 from google.genai import types
 
+from benchmarks import concurrency
 from benchmarks.server import flashlive_server
 from flashlive.config import Settings
 from flashlive.engine.base import CancelToken, common_prefix
@@ -219,6 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=[s.id for s in BUILTIN_MODELS])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams (8)")
+    parser.add_argument(
+        "--concurrency-only", action="store_true", help="only the concurrent-streams table"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` also stops the server
     models_dir = Settings().models_dir
@@ -230,9 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     with asyncio.Runner() as runner, server_process(args.model, models_dir) as base_url:
         try:
             runner.run(manager.get(args.model))
-            client = genai.Client(
-                api_key="bench", http_options=types.HttpOptions(base_url=base_url)
-            )
+
+            def make() -> genai.Client:
+                return genai.Client(
+                    api_key="bench", http_options=types.HttpOptions(base_url=base_url)
+                )
+
+            client = make()
+            if args.concurrency_only:
+                concurrency.report(make, args.model, args.streams, args.max_tokens)
+                return
             bench = Bench(runner, service, args.model, client, args.max_tokens)
             print(f"shared chat-template preamble: {bench.preamble} tokens; load average "
                   f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)  # fmt: skip
@@ -255,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append((size, local, remote))
             print()
             report(rows)
+            print(f"\n{args.streams} concurrent streams through the server:")
+            concurrency.report(make, args.model, args.streams, args.max_tokens)
             print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         finally:
             if bench is not None:

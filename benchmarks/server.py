@@ -74,3 +74,13 @@ def flashlive_server(model: str, tmp: Path, *flags: str) -> Iterator[BenchServer
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+def memory(pid: int) -> tuple[int, int]:
+    """VmRSS and RssAnon of a process, in bytes."""
+    found = {"VmRSS": 0, "RssAnon": 0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in found:
+            found[key] = int(value.split()[0]) * 1024  # reported in kB
+    return found["VmRSS"], found["RssAnon"]

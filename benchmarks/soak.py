@@ -86,7 +86,7 @@ from benchmarks.live import (
     synthesise,
     table,
 )
-from benchmarks.server import BenchServer
+from benchmarks.server import BenchServer, memory
 from flashlive.models import BUILTIN_MODELS, DEFAULT_MODEL
 
 NOISE_DBFS = -60.0  # RMS of the background
@@ -332,16 +332,6 @@ MARK_WIDTHS = (8, 6, 8, 8, 5, 10, 10)
 def clock(seconds: float) -> str:
     minutes, rest = divmod(int(seconds), 60)
     return f"{minutes:3d}:{rest:02d}"
-
-
-def memory(pid: int) -> tuple[int, int]:
-    """VmRSS and RssAnon of a process, in bytes."""
-    found = {"VmRSS": 0, "RssAnon": 0}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in found:
-            found[key] = int(value.split()[0]) * 1024  # reported in kB
-    return found["VmRSS"], found["RssAnon"]
 
 
 class Soak:

@@ -133,6 +133,19 @@ def stateless(server: BenchServer, model: str, history: list[dict[str, Any]]) ->
     return time.perf_counter() - began, int(response.json()["usageMetadata"]["promptTokenCount"])
 
 
+def engine_counters(server: BenchServer) -> dict[str, float]:
+    """The engine's batching counters, summed over models, from /metrics."""
+    names = {"flashlive_engine_steps_total": "steps", "flashlive_engine_evicted_total": "evicted",
+             "flashlive_engine_state_bytes_out_total": "out",
+             "flashlive_engine_state_bytes_in_total": "in"}  # fmt: skip
+    found = dict.fromkeys(names.values(), 0.0)
+    for line in httpx.get(f"{server.base_url}/metrics", timeout=30).text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in names:
+            found[names[name]] += float(line.rsplit(" ", 1)[1])
+    return found
+
+
 def first_last(turns: list[Turn], n: int) -> tuple[float, float]:
     return (
         statistics.median(t.first_text_s for t in turns[:n]),
@@ -168,6 +181,10 @@ async def run(args: argparse.Namespace, server: BenchServer) -> None:
     )
     print(table(rows, ("session", "first turns s", "last turns s", "last/first", "goal ≤ 1.2",
                        "prompt tok", "computed tok/turn")))  # fmt: skip
+    engine = engine_counters(server)
+    print(f"engine after both runs: {engine['steps']:.0f} steps; states copied out "
+          f"{engine['out'] / 1e6:.1f} MB, in {engine['in'] / 1e6:.1f} MB over "
+          f"{2 * args.turns} turns; {engine['evicted']:.0f} sequences evicted")  # fmt: skip
     cuts = sum(1 for a, b in itertools.pairwise(alone) if b.prompt < a.prompt)
     print(f"window cuts (alone): {cuts}; last turn alone {alone[-1].first_text_s:.3f} s vs "
           f"stateless {cold_last_s:.3f} s for the whole conversation "

@@ -41,8 +41,11 @@ class Run:
         return (self.tokens - 1) / max(self.last - self.first, 1e-9)
 
 
-def stream_once(client: genai.Client, model: str, text: str, max_tokens: int) -> Run:
-    config = types.GenerateContentConfig(temperature=0.0, max_output_tokens=max_tokens)
+def stream_once(
+    client: genai.Client, model: str, text: str, max_tokens: int, seed: int | None = None
+) -> Run:
+    """One greedy stream through the SDK, timed from the request to its first and last text."""
+    config = types.GenerateContentConfig(temperature=0.0, max_output_tokens=max_tokens, seed=seed)
     first: float | None = None
     tokens = 0
     start = last = time.perf_counter()

@@ -170,23 +170,8 @@ class Bench:
 
     def server(self, body: str) -> Sample:
         text, prepared = self.fresh(body)
-        config = types.GenerateContentConfig(
-            temperature=0.0, seed=SEED, max_output_tokens=self.max_tokens
-        )
-        first: float | None = None
-        count = 0
-        start = last = time.perf_counter()
-        stream = self.client.models.generate_content_stream(
-            model=self.model, contents=text, config=config
-        )
-        for chunk in stream:
-            last = time.perf_counter()
-            if first is None and chunk.text:
-                first = last
-            usage = chunk.usage_metadata
-            if usage is not None and usage.candidates_token_count is not None:
-                count = usage.candidates_token_count
-        return _sample(start, first, last, count, len(prepared.tokens))
+        run = concurrency.stream_once(self.client, self.model, text, self.max_tokens, seed=SEED)
+        return _sample(run.start, run.first, run.last, run.tokens, len(prepared.tokens))
 
 
 def _sample(start: float, first: float | None, last: float, count: int, prompt: int) -> Sample:

@@ -105,6 +105,7 @@ class FakeEngine:
         cancel: CancelToken | None = None,
         prefix: PrefixState | None = None,
         priority: Priority = Priority.STANDARD,
+        keep: Callable[[PrefixState], None] | None = None,
     ) -> AsyncGenerator[TokenPiece, None]:
         self.priorities.append(priority)
         self.asked.append(Asked("".join(map(chr, prompt)), params, prefix))
@@ -112,6 +113,8 @@ class FakeEngine:
         if not isinstance(script, Script):
             script = Script(script)
         self._prefill(prompt, prefix)
+        if keep is not None:
+            self.keeper = keep  # it holds this prompt from here on
         finished = False
         try:
             for i, piece in enumerate(script.pieces[: params.max_tokens]):

@@ -198,6 +198,31 @@ async def test_alternating_conversations_stay_resident_and_an_evicted_one_is_res
         await engine.aclose()
 
 
+async def test_a_conversation_cut_by_the_job_after_it_is_saved_first() -> None:
+    path = await asyncio.to_thread(assemble, FAST, Settings().models_dir)
+    engine = LlamaCppEngine(
+        path, name=FAST.id, options=LlamaCppOptions(context_size=512, slots=1, kv_tokens=1024)
+    )
+    store = PrefixStore(spill_dir=None)
+    policy = StoredPrefixes(store)
+    try:
+        tokens = engine.tokenize("A conversation about boats.\nQ: Name one.\nA:")
+        keeper = policy.keeper(PrefixAsk(FAST.id, tokens, state_key="a"))
+        params = SamplingParams(temperature=0.0, max_tokens=8)
+        stream = engine.stream(tokens, params, keep=keeper, priority=Priority.LIVE)
+        await anext(stream)
+        other = asyncio.create_task(text_of(engine, STORY))  # waits for the one sequence
+        await asyncio.sleep(0.05)
+        assert engine.queued == 1
+        async for _ in stream:
+            pass
+        await other  # it took the sequence in the step the conversation ended
+        saved = store.get("a")
+        assert saved is not None and list(saved.tokens[: len(tokens)]) == tokens
+    finally:
+        await engine.aclose()
+
+
 async def test_warming_gives_way_to_a_real_request(engine: LlamaCppEngine) -> None:
     prompt = engine.tokenize(" ".join(PROMPTS * 8))
     warming = asyncio.create_task(engine.warm(prompt))

@@ -48,6 +48,11 @@ class PrefixPolicy(Protocol):
         """Keep the engine's sequence for `ask`'s prompt, when a later prompt may want it."""
         ...
 
+    def keeper(self, ask: PrefixAsk) -> Callable[[PrefixState], None] | None:
+        """What takes the state of `ask`'s sequence should the engine evict it (None: no
+        later prompt is likely to want it); given to the engine with the generation."""
+        ...
+
     def warm_soon(self, key: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Compute a cached context's state in the background; `restore` waits for it."""
         ...
@@ -107,13 +112,17 @@ class StoredPrefixes:
         """After a turn of a conversation that keeps its state, or any long prompt, the engine
         keeps its sequence resident; the state is copied out (into the store) only when the
         engine evicts it to make room, so the next turn begins from it wherever it is."""
+        keeper = self.keeper(ask)
+        if keeper is not None:
+            engine.retain(ask.tokens, keeper)  # False: another request took the sequence first
+
+    def keeper(self, ask: PrefixAsk) -> Callable[[PrefixState], None] | None:
         key = ask.state_key
         if key is None and len(ask.tokens) < IMPLICIT_MIN_TOKENS:
-            return
+            return None
         if key is not None:
             self._kept.add(key)
-        # False: another request took the sequence first.
-        engine.retain(ask.tokens, lambda state: self._keep(key, state))
+        return lambda state: self._keep(key, state)
 
     def _keep(self, key: str | None, state: PrefixState) -> None:
         """Store an evicted sequence's state. On the engine's thread, before the eviction

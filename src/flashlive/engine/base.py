@@ -144,13 +144,15 @@ class Engine(Protocol):
         cancel: CancelToken | None = None,
         prefix: PrefixState | None = None,
         priority: Priority = Priority.STANDARD,
+        keep: Callable[[PrefixState], None] | None = None,
     ) -> AsyncGenerator[TokenPiece, None]:
         """Generate after `prompt`. Closing the iterator early cancels the generation.
 
         Implementations reuse whatever prefix of `prompt` they still hold state for,
         so a conversation that grows by appending pays only for the new tokens. A `prefix`
         state whose tokens begin `prompt` is restored first when it covers more than that.
-        Generations of a lower `priority` value are served first.
+        Generations of a lower `priority` value are served first. With `keep`, the sequence
+        is retained once the generation ends (as `retain` does, with no gap between the two).
         """
         ...
 

@@ -12,9 +12,11 @@ Runs only on the engine's worker thread; the engine feeds it jobs and takes back
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import logging
 from collections.abc import Sequence
+from concurrent.futures import InvalidStateError
 from typing import Any
 
 from flashlive.engine.base import FinishCause, PrefixState, Priority, TokenPiece, common_prefix
@@ -286,6 +288,8 @@ class Batcher:
         if job in self.running:
             self.running.remove(job)
         if job.slot is not None:
+            if job.keep is not None and job.slot.tokens:
+                job.slot.on_evict = job.keep  # in the same step: nothing can cut it unsaved
             job.slot.busy = False
             job.slot.last_used = step_no
             job.slot = None
@@ -318,14 +322,16 @@ class Batcher:
 
     def _settle(self, job: Job, result: object, step_no: int) -> None:
         self._release(job, step_no)
-        if job.done is not None and not job.done.done():
-            job.done.set_result(result)
+        if job.done is not None:
+            with contextlib.suppress(InvalidStateError):  # its waiter gave up meanwhile
+                job.done.set_result(result)
 
     def fail_one(self, job: Job, exc: BaseException, step_no: int) -> None:
         if job.emit is not None:
             job.emit(exc)
-        elif job.done is not None and not job.done.done():
-            job.done.set_exception(exc)
+        elif job.done is not None:
+            with contextlib.suppress(InvalidStateError):
+                job.done.set_exception(exc)
         if job.slot is not None:
             self._trim(job.slot, 0)  # what it held is in doubt
         self._release(job, step_no)

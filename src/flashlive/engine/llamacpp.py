@@ -88,8 +88,8 @@ def _open_context(model: Any, options: LlamaCppOptions, *, solo: bool = False) -
     params.n_threads = params.n_threads_batch = threads
     # Flash attention skips the cells of other sequences instead of summing their zeros: a
     # step's attention costs what its own sequences hold, not what the whole cache holds.
-    flash = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED if solo else flash
+    # (Both contexts alike: a state saved by one then loads into the other.)
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
     return LlamaContext(model=model, params=params, verbose=False)
 
 
@@ -166,10 +166,11 @@ class LlamaCppEngine:
     @property
     def stats(self) -> EngineStats:
         c = self._batcher.counters
-        waits = tuple(
-            (priority.name, count, seconds)
-            for priority, (count, seconds) in sorted(self._waits.items())
-        )
+        with self._lock:
+            waits = tuple(
+                (priority.name, count, seconds)
+                for priority, (count, seconds) in sorted(self._waits.items())
+            )
         return EngineStats(
             slots=len(self._slots.all),
             slots_busy=self._slots.busy,
@@ -278,7 +279,10 @@ class LlamaCppEngine:
         cancel: CancelToken | None = None,
         prefix: PrefixState | None = None,
         priority: Priority = Priority.STANDARD,
+        keep: Callable[[PrefixState], None] | None = None,
     ) -> AsyncGenerator[TokenPiece, None]:
+        if not prompt:
+            raise InvalidArgument(f"an empty prompt: model {self._info.name} needs a token")
         if len(prompt) >= self._info.context_size:
             raise InvalidArgument(
                 f"the prompt has {len(prompt)} tokens; model {self._info.name} takes at most "
@@ -308,6 +312,7 @@ class LlamaCppEngine:
             prefix=prefix,
             budget=min(params.max_tokens, self._info.context_size - len(prompt)),
             fresh=params.seed is not None,
+            keep=keep,
         )
         self._submit(job)
         try:
@@ -371,18 +376,10 @@ class LlamaCppEngine:
         anything moved."""
         self._steps += 1
         with self._lock:
-            candidates = self._waiting.ordered()
             urgent = self._waiting.urgent()
         for batcher in self._batchers():
             batcher.free(self._steps, urgent_waiting=urgent)
-        admitted = self._admit(candidates)
-        with self._lock:
-            now = time.monotonic()
-            for job in admitted:
-                self._waiting.take(job)
-                count, seconds = self._waits.get(job.priority, (0, 0.0))
-                self._waits[job.priority] = (count + 1, seconds + now - job.enqueued)
-        moved = bool(admitted)
+        moved = self._admit()
         for batcher in self._batchers():
             steps = batcher.counters.steps
             try:
@@ -392,36 +389,49 @@ class LlamaCppEngine:
                 batcher.fail(exc, self._steps)
                 moved = True
                 continue
-            if preempted:
-                with self._lock:
-                    for job in preempted:
-                        job.enqueued = time.monotonic()
-                        self._waiting.requeue(job)
+            self._requeue(batcher, preempted)
             moved = moved or bool(preempted) or batcher.counters.steps > steps
         return moved
 
-    def _admit(self, candidates: list[Job]) -> list[Job]:
-        """Seat waiting jobs, most urgent first, until their batcher has no room left (a seeded
-        job waiting for the solo sequence does not hold back the others)."""
-        admitted: list[Job] = []
+    def _requeue(self, batcher: Batcher, preempted: list[Job]) -> None:
+        with self._lock:
+            for job in preempted:
+                if self._stopping:  # nobody will seat it again
+                    batcher.drop(job, self._steps)
+                    continue
+                job.enqueued = time.monotonic()
+                self._waiting.requeue(job)
+
+    def _admit(self) -> bool:
+        """Seat waiting jobs, most urgent first (ranked again after each, so callers take turns),
+        until their batcher has no room left: a seeded job waiting for the solo sequence does
+        not hold back the others. Returns whether any job left the queue."""
+        handled = 0
         full: set[int] = set()
-        for job in candidates:
-            batcher = self._batcher_for(job)
-            if job.cancel.cancelled:
-                admitted.append(job)
-                batcher.drop(job, self._steps)
-                continue
-            if id(batcher) in full:
-                continue
+        tried: set[int] = set()
+        while True:
+            with self._lock:
+                job = next((j for j in self._waiting.ordered() if id(j) not in tried), None)
+            if job is None:
+                return handled > 0
+            tried.add(id(job))
             try:
-                if not batcher.admit(job):
+                batcher = self._batcher_for(job)
+                if job.cancel.cancelled:
+                    batcher.drop(job, self._steps)
+                elif id(batcher) in full:
+                    continue
+                elif not batcher.admit(job):
                     full.add(id(batcher))
                     continue
             except Exception as exc:  # this job's failure, not the engine's: it alone ends
                 log.exception("admitting a generation failed")
-                batcher.fail_one(job, exc, self._steps)
-            admitted.append(job)
-        return admitted
+                self._batcher.fail_one(job, exc, self._steps)
+            with self._lock:
+                self._waiting.take(job)
+                count, seconds = self._waits.get(job.priority, (0, 0.0))
+                self._waits[job.priority] = (count + 1, seconds + time.monotonic() - job.enqueued)
+            handled += 1
 
     def _batchers(self) -> list[Batcher]:
         return [self._batcher] if self._solo is None else [self._batcher, self._solo]

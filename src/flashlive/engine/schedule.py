@@ -43,6 +43,7 @@ class Job:
     budget: int = 0  # tokens it may still generate
     produced: int = 0
     fresh: bool = False  # start from nothing (or `prefix`): a seeded request replays exactly
+    keep: Callable[[PrefixState], None] | None = None  # its sequence's keeper once it ends
     # Engine-side state once admitted (the slot, the sampler, the text decoder).
     slot: Any = None
     sampler: Any = None

@@ -33,10 +33,16 @@ async def run(prepared: Prepared, outcome: Outcome, prefixes: PrefixPolicy) -> A
     cause = FinishCause.LENGTH
     found = await prefixes.restore(engine, prepared.prefix_ask)
     prefix = None
-    if found is not None:
+    # A seeded request starts from nothing but a saved state, so what the engine merely holds
+    # is not reused for it (nor billed as cached).
+    if found is not None and (found[0] is not None or prepared.params.seed is None):
         prefix, outcome.cached = found
     stream = engine.stream(
-        prepared.tokens, prepared.params, prefix=prefix, priority=prepared.priority
+        prepared.tokens,
+        prepared.params,
+        prefix=prefix,
+        priority=prepared.priority,
+        keep=prefixes.keeper(prepared.prefix_ask),
     )
     try:
         async for piece in stream:

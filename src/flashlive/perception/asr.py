@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from flashlive.engine.worker import run_on_worker
 from flashlive.errors import InvalidArgument
 from flashlive.perception.audio import INPUT_RATE, FloatArray
 from flashlive.perception.worker import FairWorker
@@ -97,7 +98,12 @@ class _WhisperRunner:
             self._decode([np.repeat(silence, frames // FRAME_MULTIPLE, axis=2)[0]], frames, [1.0])
 
     def transcribe(self, audios: list[FloatArray]) -> list[Transcript]:
-        """One batch: the utterances share a window as long as the longest one needs."""
+        """One batch, between two of the engine's decode steps: both use every core, and run
+        side by side they only slow each other (llama.cpp's threads spin)."""
+        return run_on_worker(lambda: self._transcribe(audios))
+
+    def _transcribe(self, audios: list[FloatArray]) -> list[Transcript]:
+        """The utterances share a window as long as the longest one needs."""
         started = time.perf_counter()
         seconds = [audio.size / INPUT_RATE for audio in audios]
         features = [self._model.feature_extractor(audio, chunk_length=30) for audio in audios]

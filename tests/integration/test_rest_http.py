@@ -290,7 +290,7 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(
         tmp_path_factory.mktemp("keyed"),
         env={"FLASHLIVE_API_KEYS": "env-key-1,env-key-2"},
-        args=("--api-keys-file", str(keys_file), "--max-queued", "1"),
+        args=("--api-keys-file", str(keys_file), "--max-queued", "1", "--slots", "1"),
     )
     yield srv
     stop_server(srv)

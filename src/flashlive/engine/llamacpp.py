@@ -87,9 +87,12 @@ def _open_context(model: Any, options: LlamaCppOptions, *, solo: bool = False) -
     params.kv_unified = True  # every sequence may use the whole cache, and share prefixes
     params.n_threads = params.n_threads_batch = threads
     # Flash attention skips the cells of other sequences instead of summing their zeros: a
-    # step's attention costs what its own sequences hold, not what the whole cache holds.
-    # (Both contexts alike: a state saved by one then loads into the other.)
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    # step's attention costs what its own sequences hold, not what the whole cache holds. The
+    # solo context keeps the single-sequence engine's arithmetic, so a seed gives the text it
+    # gave before batching; a state saved by the main context (its V cache laid out for flash
+    # attention) does not load there, and such a prompt is computed instead.
+    flash = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED if solo else flash
     return LlamaContext(model=model, params=params, verbose=False)
 
 
@@ -259,7 +262,9 @@ class LlamaCppEngine:
         with self._lock:
             if self._stopping:
                 raise ResourceExhausted(f"model {self._info.name} is shutting down")
-            if len(self._waiting) >= self._options.max_queued:
+            # Those the next step seats in a free sequence are not waiting for one.
+            free = sum(not slot.busy for slot in self._slots.all)
+            if len(self._waiting) - free >= self._options.max_queued:
                 raise ResourceExhausted(
                     f"model {self._info.name} has {len(self._waiting)} requests waiting; "
                     "retry shortly",

@@ -47,6 +47,13 @@ async def engine() -> AsyncIterator[LlamaCppEngine]:
     await eng.aclose()
 
 
+async def small_engine(slots: int) -> LlamaCppEngine:
+    """An engine of its own, with few sequences and a small cache, for one test."""
+    path = await asyncio.to_thread(assemble, FAST, Settings().models_dir)
+    options = LlamaCppOptions(context_size=512, slots=slots, kv_tokens=1024)
+    return LlamaCppEngine(path, name=FAST.id, options=options)
+
+
 async def text_of(
     engine: LlamaCppEngine,
     prompt: str,
@@ -127,10 +134,7 @@ ws ::= [ \t\n]?"""
 
 
 async def test_a_live_turn_goes_before_waiting_rest_requests() -> None:
-    path = await asyncio.to_thread(assemble, FAST, Settings().models_dir)
-    engine = LlamaCppEngine(
-        path, name=FAST.id, options=LlamaCppOptions(context_size=512, slots=1, kv_tokens=1024)
-    )
+    engine = await small_engine(slots=1)
     try:
         order: list[str] = []
         running = engine.stream(engine.tokenize(STORY), SamplingParams(max_tokens=200))
@@ -156,10 +160,7 @@ async def test_a_live_turn_goes_before_waiting_rest_requests() -> None:
 
 
 async def test_alternating_conversations_stay_resident_and_an_evicted_one_is_restored() -> None:
-    path = await asyncio.to_thread(assemble, FAST, Settings().models_dir)
-    engine = LlamaCppEngine(
-        path, name=FAST.id, options=LlamaCppOptions(context_size=512, slots=2, kv_tokens=1024)
-    )
+    engine = await small_engine(slots=2)
     store = PrefixStore(spill_dir=None)
     policy = StoredPrefixes(store)
     history = {
@@ -199,10 +200,7 @@ async def test_alternating_conversations_stay_resident_and_an_evicted_one_is_res
 
 
 async def test_a_conversation_cut_by_the_job_after_it_is_saved_first() -> None:
-    path = await asyncio.to_thread(assemble, FAST, Settings().models_dir)
-    engine = LlamaCppEngine(
-        path, name=FAST.id, options=LlamaCppOptions(context_size=512, slots=1, kv_tokens=1024)
-    )
+    engine = await small_engine(slots=1)
     store = PrefixStore(spill_dir=None)
     policy = StoredPrefixes(store)
     try:

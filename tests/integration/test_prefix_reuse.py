@@ -52,8 +52,8 @@ def test_generate_with_a_cached_content_through_the_sdk(server: Server) -> None:
     config = types.GenerateContentConfig(
         cached_content=cache.name, max_output_tokens=12, temperature=0
     )
-    answer = client.models.generate_content(
-        model=FAST_MODEL, contents="What is the password of the blue door?", config=config
+    answer = client.models.generate_content(  # a base model: a sentence to complete
+        model=FAST_MODEL, contents="The secret password of the blue door is", config=config
     )
     usage = answer.usage_metadata
     assert usage is not None and usage.cached_content_token_count

@@ -31,11 +31,12 @@ async def run(prepared: Prepared, outcome: Outcome, prefixes: PrefixPolicy) -> A
     engine = prepared.model.engine
     out = output_path(prepared)
     cause = FinishCause.LENGTH
-    found = await prefixes.restore(engine, prepared.prefix_ask)
+    # A seeded request is computed from nothing, apart from the batch (engine/llamacpp.py), so
+    # no held or saved state is reused for it, nor billed as cached.
+    seeded = prepared.params.seed is not None
+    found = None if seeded else await prefixes.restore(engine, prepared.prefix_ask)
     prefix = None
-    # A seeded request starts from nothing but a saved state, so what the engine merely holds
-    # is not reused for it (nor billed as cached).
-    if found is not None and (found[0] is not None or prepared.params.seed is None):
+    if found is not None:
         prefix, outcome.cached = found
     stream = engine.stream(
         prepared.tokens,

@@ -17,6 +17,7 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from concurrent.futures import InvalidStateError
+from dataclasses import dataclass
 from typing import Any
 
 from flashlive.engine.base import FinishCause, PrefixState, Priority, TokenPiece, common_prefix
@@ -32,14 +33,16 @@ BACKGROUND_SLICE = 8
 Planned = tuple[Job, list[int], bool]  # a job, the tokens it adds this step, whether it samples
 
 
+@dataclass
 class Counters:
-    def __init__(self) -> None:
-        self.steps = 0
-        self.step_tokens = 0
-        self.step_sequences = 0
-        self.evicted = 0
-        self.evicted_bytes = 0
-        self.restored_bytes = 0
+    """The batcher's running totals; their names are `EngineStats`'s."""
+
+    steps: int = 0
+    step_tokens: int = 0
+    step_sequences: int = 0
+    evicted: int = 0
+    evicted_bytes: int = 0
+    restored_bytes: int = 0
 
 
 class Batcher:

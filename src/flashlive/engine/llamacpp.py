@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,6 @@ class LlamaCppEngine:
 
     @property
     def stats(self) -> EngineStats:
-        c = self._batcher.counters
         with self._lock:
             waits = tuple(
                 (priority.name, count, seconds)
@@ -180,13 +179,8 @@ class LlamaCppEngine:
             resident=self._slots.resident,
             kv_used=self._slots.used,
             kv_size=self._slots.kv_size,
-            steps=c.steps,
-            step_tokens=c.step_tokens,
-            step_sequences=c.step_sequences,
-            evicted=c.evicted,
-            evicted_bytes=c.evicted_bytes,
-            restored_bytes=c.restored_bytes,
             waits=waits,
+            **asdict(self._batcher.counters),
         )
 
     def _token_text(self, token: int) -> str:
